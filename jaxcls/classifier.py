@@ -1,0 +1,98 @@
+"""Qwen3 backbone + pooling + ``score`` head (+ projection head) -> (logits, features)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxcls.qwen3 import Linear, Qwen3Config, Qwen3Model
+
+Array = jax.Array
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def pool(hidden: Array, attention_mask: Array, how: str) -> Array:
+    """Pool [B, T, D] -> [B, D]: ``last`` real token (HF's seq-cls rule) or ``mean``."""
+    mask = attention_mask.astype(jnp.int32)
+    if how == "last":
+        last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
+        return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0, :]
+    if how == "mean":
+        m = mask[..., None].astype(jnp.float32)
+        total = jnp.sum(hidden.astype(jnp.float32) * m, axis=1)
+        return (total / jnp.maximum(jnp.sum(m, axis=1), 1.0)).astype(hidden.dtype)
+    raise ValueError(f"unknown pooling {how!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """What sits on top of the backbone, and how it computes."""
+
+    num_labels: int
+    pooling: str = "last"
+    feature_layer: int = -1
+    projection_dim: int = 0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: bool = False
+
+    @classmethod
+    def from_config(cls, model_cfg: Any, num_labels: int) -> HeadConfig:
+        """From the ``model`` section of an ml_collections config."""
+        return cls(
+            num_labels=num_labels,
+            pooling=model_cfg.pooling,
+            feature_layer=int(model_cfg.feature_layer),
+            projection_dim=int(model_cfg.projection_dim),
+            dtype=model_cfg.dtype,
+            param_dtype=model_cfg.param_dtype,
+            remat=bool(model_cfg.remat),
+        )
+
+
+class ProjectionHead(nn.Module):
+    """A two-layer MLP mapping pooled features to the contrastive space."""
+
+    hidden: int
+    out: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = nn.gelu(nn.Dense(self.hidden, name="hidden")(x.astype(jnp.float32)))
+        return nn.Dense(self.out, name="out")(x)
+
+
+class Qwen3Classifier(nn.Module):
+    """``Qwen3ForSequenceClassification`` with contrastive features.
+
+    Returns ``(logits [B, C] float32, features [B, F] float32)``; the features are the
+    pooled hidden state of ``feature_layer`` (HF ``hidden_states`` index; -1 = final
+    normed) passed through the projection head when ``projection_dim > 0``.
+    """
+
+    config: Qwen3Config
+    head: HeadConfig
+
+    @nn.compact
+    def __call__(
+        self, input_ids: Array, attention_mask: Array, deterministic: bool = True
+    ) -> tuple[Array, Array]:
+        dtype, param_dtype = DTYPES[self.head.dtype], DTYPES[self.head.param_dtype]
+        backbone = Qwen3Model(
+            self.config, dtype=dtype, param_dtype=param_dtype, remat=self.head.remat, name="model"
+        )
+        hidden, hidden_states = backbone(input_ids, attention_mask, deterministic)
+        pooled = pool(hidden, attention_mask, self.head.pooling)
+        score = Linear(self.head.num_labels, dtype=dtype, param_dtype=param_dtype, name="score")
+        logits = score(pooled).astype(jnp.float32)
+        features = pool(hidden_states[self.head.feature_layer], attention_mask, self.head.pooling)
+        features = features.astype(jnp.float32)
+        if self.head.projection_dim > 0:
+            hidden = self.config.hidden_size
+            features = ProjectionHead(hidden, self.head.projection_dim, name="projection")(features)
+        return logits, features

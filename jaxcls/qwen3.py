@@ -1,0 +1,278 @@
+"""Qwen3 in Flax Linen, computed exactly as Hugging Face's PyTorch Qwen3.
+
+Parameter names mirror Hugging Face (``embed_tokens``, ``layers_N/self_attn/q_proj``,
+``q_norm``, ``input_layernorm``, ``mlp/gate_proj``, ``norm``) so that conversion is a
+table (see ``jaxcls.mapping``). Kernels are stored ``[in, out]`` (HF stores ``[out, in]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxcls import lora
+from jaxcls.errors import UserError
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3Config:
+    """The architecture hyperparameters of a Qwen3 backbone."""
+
+    vocab_size: int = 151936
+    hidden_size: int = 2048
+    intermediate_size: int = 6144
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 8
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 40960
+    tie_word_embeddings: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Qwen3Config:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_hf(cls, source: str | Path | dict[str, Any]) -> Qwen3Config:
+        """Read a Hugging Face ``config.json`` (path, model dir or dict) of a Qwen3 model."""
+        where = "config"
+        if isinstance(source, dict):
+            hf = source
+        else:
+            path = Path(source)
+            if path.is_dir():
+                path = path / "config.json"
+            where = str(path)
+            if not path.is_file():
+                raise UserError(f"{path}: no config.json; point at a Hugging Face Qwen3 model dir")
+            try:
+                hf = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        _check_supported(hf, where)
+        rope_theta = hf.get("rope_theta")
+        rope_params = hf.get("rope_parameters") or {}
+        if rope_theta is None:
+            rope_theta = rope_params.get("rope_theta", 1_000_000.0)
+        heads = hf["num_attention_heads"]
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_hidden_layers=hf["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope_theta),
+            max_position_embeddings=hf.get("max_position_embeddings", 40960),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """The fields of a Hugging Face ``Qwen3Config`` for this architecture."""
+        return {
+            "architectures": ["Qwen3ForSequenceClassification"],
+            "model_type": "qwen3",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "use_sliding_window": False,
+        }
+
+
+def _check_supported(hf: dict[str, Any], where: str) -> None:
+    """Raise a UserError for any setting this implementation does not compute."""
+    model_type = hf.get("model_type")
+    if model_type != "qwen3":
+        arch = ",".join(hf.get("architectures") or []) or "unknown"
+        raise UserError(
+            f"{where}: model_type {model_type!r} (architectures {arch}) is not supported; "
+            "jaxcls supports Qwen3 dense models (model_type 'qwen3')"
+        )
+    scaling = hf.get("rope_scaling") or {}
+    rope_type = scaling.get("rope_type") or scaling.get("type")
+    rope_type = rope_type or (hf.get("rope_parameters") or {}).get("rope_type", "default")
+    if rope_type not in (None, "default"):
+        raise UserError(f"{where}: rope scaling type {rope_type!r} is not supported; use 'default'")
+    if hf.get("use_sliding_window"):
+        raise UserError(f"{where}: use_sliding_window=true is not supported; set it to false")
+    if hf.get("attention_bias"):
+        raise UserError(f"{where}: attention_bias=true is not supported by Qwen3 in jaxcls")
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise UserError(f"{where}: hidden_act {act!r} is not supported; Qwen3 uses 'silu'")
+
+
+class Linear(nn.Module):
+    """A bias-free projection whose kernel may be a factored ``lora.LoRAWeight``."""
+
+    features: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        init = nn.initializers.normal(0.02)
+        kernel = self.param("kernel", init, (x.shape[-1], self.features), self.param_dtype)
+        if isinstance(kernel, lora.LoRAWeight):
+            rng = None
+            if not deterministic and kernel.dropout > 0:
+                rng = self.make_rng("dropout")
+            return lora.factored_matmul(x.astype(self.dtype), kernel, self.dtype, rng)
+        return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class RMSNorm(nn.Module):
+    """HF's RMSNorm: normalise in float32, cast back, then scale by ``weight``."""
+
+    eps: float = 1e-6
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        weight = self.param("weight", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return weight.astype(self.dtype) * x32.astype(self.dtype)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float, dtype: Any) -> tuple[Array, Array]:
+    """cos/sin tables [T, head_dim] for half-split RoPE, positions ``arange(T)``."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """x [B, T, N, hd] rotated with HF's ``rotate_half`` convention."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+
+
+class Attention(nn.Module):
+    config: Qwen3Config
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        n_heads, n_kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = dict(eps=cfg.rms_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
+        b, t, _ = x.shape
+        q = Linear(n_heads * hd, name="q_proj", **dense)(x, deterministic)
+        k = Linear(n_kv * hd, name="k_proj", **dense)(x, deterministic)
+        v = Linear(n_kv * hd, name="v_proj", **dense)(x, deterministic)
+        q, k = q.reshape(b, t, n_heads, hd), k.reshape(b, t, n_kv, hd)
+        v = v.reshape(b, t, n_kv, hd)
+        q = apply_rope(RMSNorm(name="q_norm", **norm)(q), cos, sin)
+        k = apply_rope(RMSNorm(name="k_norm", **norm)(k), cos, sin)
+        groups = n_heads // n_kv
+        q = q.reshape(b, t, n_kv, groups, hd)
+        # [B, KV, G, T, S]
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * (hd**-0.5)
+        scores = scores.astype(jnp.float32)
+        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        # [B, T, KV, G, hd]
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, n_heads * hd)
+        return Linear(cfg.hidden_size, name="o_proj", **dense)(out, deterministic)
+
+
+class MLP(nn.Module):
+    config: Qwen3Config
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        inter, hidden = self.config.intermediate_size, self.config.hidden_size
+        gate = Linear(inter, name="gate_proj", **dense)(x, deterministic)
+        up = Linear(inter, name="up_proj", **dense)(x, deterministic)
+        return Linear(hidden, name="down_proj", **dense)(nn.silu(gate) * up, deterministic)
+
+
+class DecoderLayer(nn.Module):
+    config: Qwen3Config
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, h: Array, mask: Array, cos: Array, sin: Array, deterministic: bool) -> Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        eps = self.config.rms_norm_eps
+        x = RMSNorm(eps, name="input_layernorm", **kw)(h)
+        h = h + Attention(self.config, name="self_attn", **kw)(x, mask, cos, sin, deterministic)
+        x = RMSNorm(eps, name="post_attention_layernorm", **kw)(h)
+        return h + MLP(self.config, name="mlp", **kw)(x, deterministic)
+
+
+class Qwen3Model(nn.Module):
+    """The Qwen3 backbone: returns (final normed hidden [B,T,D], all hidden states).
+
+    ``hidden_states`` follows HF's ``output_hidden_states``: index 0 is the embeddings,
+    index k the output of decoder layer k, and the last entry the final normed state.
+    """
+
+    config: Qwen3Config
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(
+        self, input_ids: Array, attention_mask: Array, deterministic: bool = True
+    ) -> tuple[Array, tuple[Array, ...]]:
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            embedding_init=nn.initializers.normal(0.02),
+            name="embed_tokens",
+            **kw,
+        )
+        h = embed(input_ids).astype(self.dtype)
+        t = input_ids.shape[1]
+        pad = attention_mask.astype(bool)
+        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+        mask = causal[None, :, :] & pad[:, None, :]  # [B, T, S]
+        cos, sin = rope_tables(t, cfg.head_dim, cfg.rope_theta, self.dtype)
+        layer_cls = nn.remat(DecoderLayer, static_argnums=(5,)) if self.remat else DecoderLayer
+        hidden_states = [h]
+        for i in range(cfg.num_hidden_layers):
+            h = layer_cls(cfg, name=f"layers_{i}", **kw)(h, mask, cos, sin, deterministic)
+            hidden_states.append(h)
+        h = RMSNorm(cfg.rms_norm_eps, name="norm", **kw)(h)
+        hidden_states[-1] = h
+        return h, tuple(hidden_states)
