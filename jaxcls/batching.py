@@ -1,0 +1,233 @@
+"""Tokenized datasets and fixed-shape batches for training and evaluation.
+
+A batch is a dict of numpy arrays (B = batch size, T = a length bucket):
+
+- ``input_ids``      [B, T] int32, right-padded with the tokenizer's pad id
+- ``attention_mask`` [B, T] int32, 1 on real tokens, 0 on padding
+- ``labels``         [B]    int32, class index (0 when the dataset has no labels)
+- ``valid``          [B]    float32, 1.0 for real samples, 0.0 for padding rows
+
+T is the smallest bucket (powers of two from 16, plus max_length) that holds the batch's
+longest sequence, so jit compiles once per bucket. Padding rows copy the batch's first sample,
+so every row computes finite values; ``valid`` masks them out of losses and metrics.
+
+Which samples form training batch ``step`` is a pure function of (seed, step), so a resumed
+run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from jaxcls.data import Table, encode_labels
+from jaxcls.errors import UserError
+
+log = logging.getLogger("jaxcls")
+
+Batch = dict[str, np.ndarray]
+SAMPLERS = ("random", "balanced")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Token ids (int32, unpadded, at most max_length each) and label indices (int32 or None)."""
+
+    ids: list[np.ndarray]
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+def check_template(template: str) -> None:
+    if template and "{text}" not in template:
+        raise UserError(f"data.template {template!r} has no {{text}} placeholder; add one")
+
+
+def tokenize(
+    texts: Sequence[str], tokenizer, max_length: int, template: str = "", source: str = "texts"
+) -> list[np.ndarray]:
+    """Token ids (int32) per text, the tokenizer's default special tokens, cut at max_length."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise UserError(f"data.max_length must be a positive integer, got {max_length!r}")
+    check_template(template)
+    if not texts:
+        return []
+    if template:  # str.replace, not format: other braces in a template are literal text
+        texts = [template.replace("{text}", t) for t in texts]
+    ids = tokenizer(list(texts), truncation=False)["input_ids"]
+    long = [i for i, x in enumerate(ids) if len(x) > max_length]
+    if long:
+        # Re-encode only the long ones, so the tokenizer places its special tokens itself.
+        cut = tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)
+        for i, x in zip(long, cut["input_ids"], strict=True):
+            ids[i] = x
+        log.warning(
+            "%s: %d of %d texts longer than max_length=%d tokens were truncated",
+            source, len(long), len(ids), max_length,
+        )  # fmt: skip
+    return [np.asarray(x, dtype=np.int32) for x in ids]
+
+
+def make_dataset(
+    table: Table, tokenizer, label_names: Sequence[str] | None, max_length: int, template: str = ""
+) -> Dataset:
+    """Tokenize a table once; labels are encoded when ``label_names`` is given."""
+    ids = tokenize(table.texts, tokenizer, max_length, template, source=str(table.path))
+    labels = None if label_names is None else encode_labels(table, label_names)
+    return Dataset(ids=ids, labels=labels)
+
+
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its eos id (Qwen pads with <|endoftext|>)."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise UserError("the tokenizer has neither a pad nor an eos token; set pad_token in its config")
+
+
+def buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:
+    """Length buckets: powers of two from ``smallest`` below max_length, then max_length."""
+    sizes = []
+    size = smallest
+    while size < max_length:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_length)
+
+
+def collate(dataset: Dataset, indices: np.ndarray, pad: int, max_length: int) -> Batch:
+    """One batch from sample indices; -1 marks a padding row."""
+    indices = np.asarray(indices)
+    valid = indices >= 0
+    if not valid.any():
+        raise ValueError("a batch needs at least one real sample")
+    rows = np.where(valid, indices, indices[valid][0])
+    seqs = [dataset.ids[i] for i in rows]
+    longest = max(len(s) for s in seqs)
+    width = next(b for b in buckets(max_length) if b >= longest)
+    input_ids = np.full((len(rows), width), pad, dtype=np.int32)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int32)
+    for r, seq in enumerate(seqs):
+        input_ids[r, : len(seq)] = seq
+        attention_mask[r, : len(seq)] = 1
+    labels = np.zeros(len(rows), np.int32) if dataset.labels is None else dataset.labels[rows]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels.astype(np.int32),
+        "valid": valid.astype(np.float32),
+    }
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches per epoch for either sampler: ceil(n / batch_size)."""
+    return -(-n // batch_size)
+
+
+def balanced_shape(num_classes: int, batch_size: int) -> tuple[int, int]:
+    """(P, K) for the balanced sampler: K = max(2, batch_size // num_classes), P = batch_size // K.
+
+    P is capped by the number of classes; the batch_size - P*K rows left over go one each to
+    the first classes of the batch, so every row is a real sample.
+    """
+    k = max(2, batch_size // num_classes)
+    return min(num_classes, batch_size // k), k
+
+
+class _Cycler:
+    """Endless stream over ``items``: one fresh permutation after another."""
+
+    def __init__(self, items: np.ndarray, rng: np.random.Generator):
+        self.items, self.rng, self.buffer = items, rng, np.empty(0, dtype=np.int64)
+
+    def take(self, n: int) -> np.ndarray:
+        while len(self.buffer) < n:
+            self.buffer = np.concatenate([self.buffer, self.rng.permutation(self.items)])
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        return out
+
+
+def epoch_plan(
+    labels: np.ndarray, batch_size: int, seed: int, epoch: int, sampler: str = "random"
+) -> np.ndarray:
+    """Sample indices [steps_per_epoch, batch_size] of one epoch (-1 = padding row).
+
+    ``random``: a permutation of all samples, every sample once; the last batch padded.
+    ``balanced``: P classes x K samples per batch (see :func:`balanced_shape`), drawn from
+    per-class permutation streams, so every sample has a same-class partner in its batch; a
+    class with fewer than K samples repeats samples within a batch (with replacement).
+    """
+    n = len(labels)
+    steps = steps_per_epoch(n, batch_size)
+    rng = np.random.default_rng([seed, epoch])
+    if sampler == "random":
+        plan = np.full(steps * batch_size, -1, dtype=np.int64)
+        plan[:n] = rng.permutation(n)
+        return plan.reshape(steps, batch_size)
+    if sampler != "balanced":
+        raise UserError(f"data.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if batch_size < 2:
+        raise UserError("data.sampler=balanced needs train.batch_size >= 2")
+    classes = np.unique(labels)
+    p, k = balanced_shape(len(classes), batch_size)
+    streams = [_Cycler(np.flatnonzero(labels == c), rng) for c in classes]
+    plan = np.empty((steps, batch_size), dtype=np.int64)
+    for s in range(steps):
+        chosen = rng.choice(len(classes), size=p, replace=False)
+        counts = np.full(p, k)
+        counts[: batch_size - p * k] += 1
+        plan[s] = np.concatenate([streams[c].take(m) for c, m in zip(chosen, counts, strict=True)])
+    return plan
+
+
+class TrainBatches:
+    """Training batches by absolute step: epoch = step // steps_per_epoch (exact resume)."""
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, seed: int, sampler: str, pad: int, max_length: int
+    ):
+        if dataset.labels is None:
+            raise ValueError("training needs a labelled dataset")
+        self.dataset, self.batch_size, self.seed, self.sampler = dataset, batch_size, seed, sampler
+        self.pad, self.max_length = pad, max_length
+        self.steps_per_epoch = steps_per_epoch(len(dataset), batch_size)
+        self._epoch, self._plan = -1, np.empty((0, batch_size), dtype=np.int64)
+        if sampler == "balanced":
+            classes, counts = np.unique(dataset.labels, return_counts=True)
+            p, k = balanced_shape(len(classes), batch_size)
+            log.info("balanced sampler: %d classes x %d samples per batch", p, k)
+            small = classes[counts < k]
+            if small.size:
+                log.info(
+                    "balanced sampler: classes %s have fewer than %d samples; sampled with "
+                    "replacement", small.tolist(), k,
+                )  # fmt: skip
+
+    def indices(self, step: int) -> np.ndarray:
+        """Sample indices of batch ``step`` (-1 = padding row)."""
+        epoch, b = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            labels = self.dataset.labels
+            self._plan = epoch_plan(labels, self.batch_size, self.seed, epoch, self.sampler)
+            self._epoch = epoch
+        return self._plan[b]
+
+    def __call__(self, step: int) -> Batch:
+        return collate(self.dataset, self.indices(step), self.pad, self.max_length)
+
+
+def eval_batches(dataset: Dataset, batch_size: int, pad: int, max_length: int) -> Iterator[Batch]:
+    """Every sample once, in order; the last batch padded with valid=0 rows."""
+    plan = np.full(steps_per_epoch(len(dataset), batch_size) * batch_size, -1, dtype=np.int64)
+    plan[: len(dataset)] = np.arange(len(dataset))
+    for indices in plan.reshape(-1, batch_size):
+        yield collate(dataset, indices, pad, max_length)
