@@ -1,0 +1,136 @@
+"""``Classifier``: load a model and predict labels, probabilities and features for texts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcls import batching
+from jaxcls.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.errors import UserError
+from jaxcls.qwen3 import Qwen3Config
+
+
+def labels_from_id2label(id2label: dict[int, str], where: str) -> list[str]:
+    """Label names in class-index order; the ids must be 0..C-1."""
+    if sorted(id2label) != list(range(len(id2label))):
+        raise UserError(f"{where}: id2label keys {sorted(id2label)} are not 0..{len(id2label) - 1}")
+    return [id2label[i] for i in range(len(id2label))]
+
+
+class Classifier:
+    """A text classifier with merged (plain) params; see ``Classifier.load``."""
+
+    def __init__(
+        self,
+        config: Qwen3Config,
+        head: HeadConfig,
+        params: Any,
+        tokenizer: Any,
+        labels: list[str],
+        max_length: int = 512,
+        template: str = "",
+        batch_size: int = 16,
+    ) -> None:
+        if len(labels) != head.num_labels:
+            raise ValueError(f"{len(labels)} labels for a head of {head.num_labels} classes")
+        self.config, self.head, self.labels = config, head, list(labels)
+        self.tokenizer, self.max_length, self.template = tokenizer, max_length, template
+        self.batch_size = batch_size
+        # Right padding with the tokenizer's pad token (<|endoftext|> for Qwen), else EOS.
+        self.pad_id = batching.pad_id(tokenizer)
+        self.params = jax.device_put(params)
+        model = Qwen3Classifier(config, head)
+
+        def forward(params, ids, mask):
+            logits, features = model.apply({"params": params}, ids, mask)
+            return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), features
+
+        # Fixed batch size and length buckets: one compilation per bucket.
+        self._forward = jax.jit(forward)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        ckpt: str = "best",
+        *,
+        dtype: str | None = None,
+        max_length: int = 512,
+        batch_size: int = 16,
+    ) -> Classifier:
+        """Load from a converted jaxcls model dir or a Hugging Face seq-cls dir.
+
+        ``dtype`` is the compute dtype: default float32 on CPU, bfloat16 on accelerators.
+        ``ckpt`` (best | latest | step | path) selects the checkpoint of a training run dir.
+        """
+        path = Path(path)
+        dtype = dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+        # The one place that dispatches on the kind of path: training run dirs (with
+        # checkpoints/ and `ckpt`) will be handled here next to model dirs.
+        if (path / "checkpoints").is_dir():
+            raise UserError(f"{path}: loading a training run dir is not supported yet")
+        return cls._from_model_dir(path, dtype, max_length, batch_size)
+
+    @classmethod
+    def _from_model_dir(
+        cls, path: Path, dtype: str, max_length: int, batch_size: int
+    ) -> Classifier:
+        from transformers import AutoTokenizer
+
+        from jaxcls.modeldir import read_model
+
+        loaded = read_model(path)
+        if loaded.id2label is None:
+            raise UserError(
+                f"{path}: a base model without a classification head (score); train on it first"
+            )
+        if loaded.tokenizer_dir is None:
+            raise UserError(f"{path}: no tokenizer files; copy the model's tokenizer.json there")
+        param_dtype = jax.tree_util.tree_leaves(loaded.params)[0].dtype.name
+        labels = labels_from_id2label(loaded.id2label, str(path))
+        head = HeadConfig(num_labels=len(labels), dtype=dtype, param_dtype=param_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(loaded.tokenizer_dir)
+        return cls(
+            loaded.config, head, loaded.params, tokenizer, labels, max_length, batch_size=batch_size
+        )
+
+    def _run(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities [n, C], features [n, F]) in the order of ``texts``."""
+        if isinstance(texts, str):
+            raise TypeError("pass a list of texts, not a single string")
+        ids = batching.tokenize(list(texts), self.tokenizer, self.max_length, self.template)
+        # Batches of similar lengths pad little; the results go back to the input order.
+        order = np.argsort([len(x) for x in ids], kind="stable").astype(np.int64)
+        dataset = batching.Dataset(ids=[ids[i] for i in order], labels=None)
+        probs = np.zeros((len(ids), self.head.num_labels), np.float32)
+        features = np.zeros(
+            (len(ids), self.head.projection_dim or self.config.hidden_size), np.float32
+        )
+        done = 0
+        for batch in batching.eval_batches(dataset, self.batch_size, self.pad_id, self.max_length):
+            p, f = jax.device_get(
+                self._forward(self.params, batch["input_ids"], batch["attention_mask"])
+            )
+            rows = order[done : done + int(batch["valid"].sum())]
+            probs[rows], features[rows] = p[: len(rows)], f[: len(rows)]
+            done += len(rows)
+        return probs, features
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities [n, num_labels] (float32 softmax; rows sum to 1)."""
+        return self._run(texts)[0]
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """The most probable label of each text."""
+        return [self.labels[i] for i in np.argmax(self.predict_proba(texts), axis=-1)]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The features the contrastive loss sees [n, F] (float32)."""
+        return self._run(texts)[1]
