@@ -1,0 +1,84 @@
+"""The frozen backbone and tokenizer a run starts from: a model dir, or a random-init preset."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from transformers import AutoTokenizer
+
+from jaxcls import modeldir
+from jaxcls.classifier import DTYPES
+from jaxcls.errors import UserError
+from jaxcls.qwen3 import Qwen3Config, Qwen3Model
+
+log = logging.getLogger("jaxcls")
+
+BASE_DIR = "base"
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """A Hugging Face tokenizer from a dir, padding on the right."""
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
+    tok.padding_side = "right"
+    return tok
+
+
+def random_config(model_cfg: Any, vocab_size: int) -> Qwen3Config:
+    """The random-init preset's architecture (vocab rounded up to a multiple of 128)."""
+    if model_cfg.num_heads % model_cfg.num_kv_heads:
+        raise UserError(
+            f"model.num_heads={model_cfg.num_heads} must be a multiple of "
+            f"model.num_kv_heads={model_cfg.num_kv_heads}"
+        )
+    return Qwen3Config(
+        vocab_size=-(-vocab_size // 128) * 128,
+        hidden_size=model_cfg.hidden_size,
+        intermediate_size=model_cfg.intermediate_size,
+        num_hidden_layers=model_cfg.num_layers,
+        num_attention_heads=model_cfg.num_heads,
+        num_key_value_heads=model_cfg.num_kv_heads,
+        head_dim=model_cfg.head_dim,
+    )
+
+
+def init_random(config: Qwen3Config, seed: int, param_dtype: str) -> dict[str, Any]:
+    """Random backbone params ``{"model": ...}`` as host NumPy arrays."""
+    module = Qwen3Model(config, param_dtype=DTYPES[param_dtype])
+    ids = jnp.zeros((1, 1), jnp.int32)
+    params = jax.jit(module.init)(jax.random.PRNGKey(seed), ids, ids)["params"]
+    return {"model": jax.tree_util.tree_map(np.asarray, params)}
+
+
+def load_backbone(cfg: Any, workdir: Path, write: bool = True) -> modeldir.LoadedModel:
+    """The run's starting model: ``model.path``, or the random-init base saved in the run dir.
+
+    A random-init base is saved once as ``workdir/base`` (with the Qwen tokenizer), so the
+    run can be resumed, evaluated and exported without re-deriving it from a seed.
+    """
+    if cfg.model.path:
+        return modeldir.read_model(cfg.model.path, dtype=cfg.model.param_dtype)
+    base = workdir / BASE_DIR
+    if (base / modeldir.META_FILE).is_file():
+        return modeldir.read_model(base, dtype=cfg.model.param_dtype)
+    from jaxcls.demo import qwen_tokenizer_dir
+
+    tok_dir = qwen_tokenizer_dir()
+    config = random_config(cfg.model, len(load_tokenizer(tok_dir)))
+    params = init_random(config, cfg.seed, cfg.model.param_dtype)
+    log.info(
+        "model.path is empty: random-init Qwen3 preset %r (hidden %d, %d layers)",
+        cfg.model.preset, config.hidden_size, config.num_hidden_layers,
+    )  # fmt: skip
+    if write:
+        modeldir.write_model(
+            base, config, params, None, tokenizer_dir=tok_dir, source=f"random:{cfg.model.preset}"
+        )
+    return modeldir.LoadedModel(config, params, None, tok_dir)

@@ -1,0 +1,128 @@
+"""What a run works with: data, tokenizer, model, and the trainable/frozen split.
+
+Training builds a ``Session`` from a config; evaluation and prediction rebuild the same
+one from a run directory (its ``config.json`` and ``labels.json``) and restore a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcls import backbone, batching, data, lora, steps
+from jaxcls.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.errors import UserError
+from jaxcls.qwen3 import Qwen3Config
+
+log = logging.getLogger("jaxcls")
+
+HEADS = r"^(score|projection)(/|$)"
+PyTree = Any
+
+
+@dataclasses.dataclass
+class Session:
+    cfg: Any
+    workdir: Path
+    config: Qwen3Config
+    model: Qwen3Classifier
+    tokenizer: Any
+    label_names: list[str]
+    trainable: PyTree  # {"adapters", "params", "extra"} (host or device arrays)
+    frozen: PyTree
+    train_base: bool
+
+    @property
+    def pad_id(self) -> int:
+        return batching.pad_id(self.tokenizer)
+
+    def dataset(self, table: data.Table, labelled: bool = True) -> batching.Dataset:
+        names = self.label_names if labelled else None
+        return batching.make_dataset(
+            table, self.tokenizer, names, self.cfg.data.max_length, self.cfg.data.template
+        )
+
+    def merged_params(self, trainable: PyTree | None = None) -> PyTree:
+        """Plain params with LoRA folded in (inference and export)."""
+        trainable = self.trainable if trainable is None else trainable
+        params = lora.combine(self.frozen, trainable["params"])
+        return lora.merge(params, trainable["adapters"], lora.LoRAConfig.from_config(self.cfg.lora))
+
+
+def read_table(cfg: Any, path: str, labelled: bool = True) -> data.Table:
+    label_column = cfg.data.label_column if labelled else None
+    return data.read_table(path, cfg.data.text_column, label_column)
+
+
+def build(cfg: Any, workdir: Path, label_names: list[str], write_base: bool = True) -> Session:
+    """Model, tokenizer and fresh trainable state for ``label_names``."""
+    loaded = backbone.load_backbone(cfg, workdir, write=write_base)
+    if loaded.tokenizer_dir is None:
+        raise_no_tokenizer(cfg)
+    tokenizer = backbone.load_tokenizer(loaded.tokenizer_dir)
+    head = HeadConfig.from_config(cfg.model, len(label_names))
+    _check_feature_layer(head, loaded.config)
+    model = Qwen3Classifier(loaded.config, head)
+    heads = init_heads(model, cfg.seed, loaded, label_names)
+    train_base = bool(cfg.model.train_base) and not cfg.model.path
+    params = lora.combine(loaded.params, heads)
+    if train_base:
+        log.info("random-init base: the base weights train too (model.train_base)")
+        trainable_params, frozen = params, {}
+    else:
+        trainable_params, frozen = lora.partition(params, HEADS)
+    lora_cfg = lora.LoRAConfig.from_config(cfg.lora)
+    adapters = lora.init(loaded.params, lora_cfg, jax.random.PRNGKey(cfg.seed + 1))
+    trainable = {
+        "adapters": adapters,
+        "params": trainable_params,
+        "extra": steps.init_extra(cfg.contrastive),
+    }
+    return Session(
+        cfg, workdir, loaded.config, model, tokenizer, label_names, trainable, frozen, train_base
+    )
+
+
+def raise_no_tokenizer(cfg: Any) -> None:
+    raise UserError(
+        f"{cfg.model.path}: no tokenizer files (tokenizer.json, tokenizer_config.json); "
+        "copy them from the Hugging Face model dir"
+    )
+
+
+def _check_feature_layer(head: HeadConfig, config: Qwen3Config) -> None:
+    n = config.num_hidden_layers + 1
+    if not -n <= head.feature_layer < n:
+        raise UserError(
+            f"config key 'model.feature_layer' is {head.feature_layer}; this model has "
+            f"{config.num_hidden_layers} layers, use -1 or 0..{config.num_hidden_layers}"
+        )
+
+
+def init_heads(
+    model: Qwen3Classifier, seed: int, loaded: Any, label_names: list[str]
+) -> dict[str, Any]:
+    """Fresh ``score`` (+ ``projection``) params; a checkpoint's own score head is kept when
+    its labels are exactly ``label_names``."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+
+    def heads_only(rng):  # jit drops the backbone's initialisation: only the heads are computed
+        params = model.init(rng, ids, ids)["params"]
+        return {k: v for k, v in params.items() if re.match(HEADS, k)}
+
+    heads = jax.tree_util.tree_map(np.asarray, jax.jit(heads_only)(jax.random.PRNGKey(seed + 2)))
+    score = loaded.params.get("score")
+    known = loaded.id2label and [loaded.id2label[i] for i in sorted(loaded.id2label)]
+    if score is not None and known == list(label_names):
+        heads["score"] = score
+        log.info("using the checkpoint's score head (labels %s)", known)
+    elif score is not None:
+        log.info("the checkpoint's score head has labels %s; a new head is trained", known)
+    return heads
