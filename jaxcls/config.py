@@ -1,0 +1,238 @@
+"""Load, override, check and save configs (the keys live in configs/default.py)."""
+
+import difflib
+import importlib.util
+import json
+import math
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from jaxcls.errors import UserError
+
+_CHOICES = {
+    "model.preset": ("demo", "tiny"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16", "float16"),
+    "model.pooling": ("last", "mean"),
+    "loss.classification": ("focal", "ce"),
+    "contrastive.loss": ("none", "simple", "focal", "margin"),
+    "contrastive.scope": ("global", "local"),
+    "contrastive.schedule": ("constant", "linear", "cosine", "uncertainty"),
+    "contrastive.temperature_schedule": ("constant", "cosine", "learnable"),
+    "data.sampler": ("random", "balanced"),
+    "train.best_mode": ("max", "min"),
+}
+_POSITIVE = (
+    "model.hidden_size model.num_layers model.num_heads model.num_kv_heads model.head_dim "
+    "model.intermediate_size lora.rank lora.alpha contrastive.temperature "
+    "contrastive.base_temperature contrastive.temperature_end contrastive.temperature_min "
+    "contrastive.temperature_max data.max_length optim.lr optim.accumulate train.batch_size "
+    "train.eval_batch_size train.log_every train.keep_best train.max_bad_steps mesh.fsdp"
+).split()
+_NON_NEGATIVE = (
+    "model.projection_dim loss.focal_gamma contrastive.weight contrastive.focal_gamma "
+    "contrastive.margin contrastive.warmup_steps contrastive.ramp_steps data.max_train_samples "
+    "optim.weight_decay optim.warmup_steps optim.grad_clip train.epochs train.max_steps "
+    "train.eval_every train.patience distributed.num_processes"
+).split()
+_BELOW_ONE = ("lora.dropout", "loss.label_smoothing")
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Runs `get_config()` from a config file and applies `key=value` overrides.
+
+    The result is locked, as with `config_flags(lock_config=True)`: existing keys can change
+    (type-checked), new keys cannot be added. Overrides may carry a `--config.` prefix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; pass a file such as configs/margin.py")
+    spec = importlib.util.spec_from_file_location(f"jaxcls_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UserError(f"config file {path} has no get_config() function")
+    cfg = module.get_config()
+    cfg.lock()
+    for override in overrides:
+        key, sep, value = override.removeprefix("--").removeprefix("config.").partition("=")
+        if not sep:
+            raise UserError(f"config override {override!r} is not key=value")
+        set_value(cfg, key.strip(), value)
+    return cfg
+
+
+def set_value(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
+    """Sets dotted `key` from its command-line text, parsed to the key's declared type."""
+    old = _lookup(cfg, key)
+    if isinstance(old, ml_collections.ConfigDict):
+        raise UserError(f"config key '{key}' is a group; set one of its keys, e.g. {key}.<name>")
+    value = _parse(key, type(old), text)
+    *parents, leaf = key.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
+    """Yields every leaf key as a dotted path, in declaration order."""
+    for name, value in cfg.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from flat_keys(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def _lookup(cfg: ml_collections.ConfigDict, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise UserError(_unknown_key_message(cfg, key))
+        node = node[part]
+    return node
+
+
+def _unknown_key_message(cfg: ml_collections.ConfigDict, key: str) -> str:
+    close = difflib.get_close_matches(key, list(flat_keys(cfg)), n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'?" if close else "the keys are listed in configs/default.py"
+    return f"unknown config key '{key}'; {hint}"
+
+
+def _parse(key: str, kind: type, text: str) -> Any:
+    text = text.strip()
+    try:
+        if kind is bool:
+            lowered = text.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return lowered in ("true", "1", "yes")
+        if kind in (int, float, str):
+            return kind(text)
+    except ValueError:
+        pass
+    raise UserError(f"config key '{key}' expects {kind.__name__}, got {text!r}")
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+    """Checks choices, ranges and cross-key rules; raises UserError naming the key."""
+    for key, choices in _CHOICES.items():
+        value = _lookup(cfg, key)
+        if value not in choices:
+            raise UserError(f"config key '{key}' is {value!r}; choose one of: {', '.join(choices)}")
+    for key in _POSITIVE:
+        _check(cfg, key, lambda v: v > 0, "must be > 0")
+    for key in _NON_NEGATIVE:
+        _check(cfg, key, lambda v: v >= 0, "must be >= 0")
+    for key in _BELOW_ONE:
+        _check(cfg, key, lambda v: 0 <= v < 1, "must be in [0, 1)")
+    _check(cfg, "model.feature_layer", lambda v: v >= -1, "must be -1 (final) or a layer index")
+    if cfg.model.path == "" and cfg.model.feature_layer > cfg.model.num_layers:
+        raise UserError(
+            f"config key 'model.feature_layer' is {cfg.model.feature_layer} but the model has "
+            f"{cfg.model.num_layers} layers; use -1 or 0..{cfg.model.num_layers}"
+        )
+    if cfg.model.num_heads % cfg.model.num_kv_heads:
+        raise UserError("config key 'model.num_kv_heads' must divide model.num_heads")
+    if not re.fullmatch(r"all|\d+(,\d+)*", cfg.devices.replace(" ", "")):
+        raise UserError(f"config key 'devices' is {cfg.devices!r}; use 'all' or ids like '0,1,2,3'")
+    try:
+        re.compile(cfg.lora.targets)
+    except re.error as e:
+        raise UserError(f"config key 'lora.targets' is not a valid regex: {e}") from None
+    parse_focal_alpha(cfg.loss.focal_alpha, None)
+    if cfg.data.template and "{text}" not in cfg.data.template:
+        raise UserError("config key 'data.template' must contain the placeholder {text}")
+    _check_contrastive(cfg.contrastive)
+    _check_train(cfg)
+
+
+def _check(cfg: ml_collections.ConfigDict, key: str, ok: Any, rule: str) -> None:
+    value = _lookup(cfg, key)
+    if not ok(value) or (isinstance(value, float) and not math.isfinite(value)):
+        raise UserError(f"config key '{key}' is {value!r}; it {rule}")
+
+
+def _check_contrastive(con: ml_collections.ConfigDict) -> None:
+    if con.schedule in ("linear", "cosine") and con.ramp_steps == 0:
+        raise UserError(
+            f"config key 'contrastive.schedule' is {con.schedule!r}, which ramps the weight over "
+            "contrastive.ramp_steps; set contrastive.ramp_steps > 0"
+        )
+    if con.temperature_min >= con.temperature_max:
+        raise UserError("config key 'contrastive.temperature_min' must be < temperature_max")
+    if con.temperature_schedule == "learnable" and not (
+        con.temperature_min <= con.temperature <= con.temperature_max
+    ):
+        raise UserError(
+            f"config key 'contrastive.temperature' is {con.temperature}; a learnable temperature "
+            f"starts inside [temperature_min, temperature_max] = "
+            f"[{con.temperature_min}, {con.temperature_max}]"
+        )
+
+
+def _check_train(cfg: ml_collections.ConfigDict) -> None:
+    if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
+        raise UserError("config keys 'train.epochs' and 'train.max_steps' are both 0; set one")
+    if not cfg.train.best_metric.startswith("val/"):
+        raise UserError(
+            f"config key 'train.best_metric' is {cfg.train.best_metric!r}; use a validation "
+            "metric such as val/macro_f1, val/loss or val/silhouette"
+        )
+    dist = cfg.distributed
+    if dist.num_processes > 0 and not -1 <= dist.process_id < dist.num_processes:
+        raise UserError(
+            f"config key 'distributed.process_id' is {dist.process_id}; use -1 (auto) or "
+            f"0..{dist.num_processes - 1}"
+        )
+
+
+def parse_focal_alpha(spec: str, class_counts: Sequence[int] | None) -> list[float] | None:
+    """Per-class focal alpha from `loss.focal_alpha`: None, inverse frequency, or the listed floats.
+
+    "balanced" gives alpha_c = n / (C * n_c). With `class_counts=None` only the syntax is checked.
+    """
+    spec = spec.strip()
+    if not spec:
+        return None
+    if spec == "balanced":
+        if class_counts is None:
+            return None
+        total = sum(class_counts)
+        return [total / (len(class_counts) * max(n, 1)) for n in class_counts]
+    try:
+        alpha = [float(part) for part in spec.split(",")]
+    except ValueError:
+        alpha = []
+    if not alpha or any(not (a > 0 and math.isfinite(a)) for a in alpha):
+        raise UserError(
+            f"config key 'loss.focal_alpha' is {spec!r}; use '', 'balanced' or positive floats, "
+            "one per class, like '0.25,0.75'"
+        )
+    if class_counts is not None and len(alpha) != len(class_counts):
+        raise UserError(
+            f"config key 'loss.focal_alpha' lists {len(alpha)} weights but there are "
+            f"{len(class_counts)} classes (labels.json order)"
+        )
+    return alpha
+
+
+def resolve_workdir(cfg: ml_collections.ConfigDict) -> Path:
+    """The run directory: `workdir`, or runs/<name> when it is empty."""
+    return Path(cfg.workdir) if cfg.workdir else Path("runs") / cfg.name
+
+
+def config_to_json(cfg: ml_collections.ConfigDict) -> str:
+    """The resolved config as indented JSON, for config.json in the run directory."""
+    return json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    """The inverse of config_to_json; the result is locked."""
+    cfg = ml_collections.ConfigDict(json.loads(text))
+    cfg.lock()
+    return cfg
