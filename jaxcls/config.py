@@ -80,7 +80,7 @@ def set_value(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
 
 
 def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
-    """Yields every leaf key as a dotted path, in declaration order."""
+    """Yields every leaf key as a dotted path (ConfigDict iterates keys sorted)."""
     for name, value in cfg.items():
         if isinstance(value, ml_collections.ConfigDict):
             yield from flat_keys(value, f"{prefix}{name}.")
@@ -130,11 +130,12 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         _check(cfg, key, lambda v: v >= 0, "must be >= 0")
     for key in _BELOW_ONE:
         _check(cfg, key, lambda v: 0 <= v < 1, "must be in [0, 1)")
-    _check(cfg, "model.feature_layer", lambda v: v >= -1, "must be -1 (final) or a layer index")
-    if cfg.model.path == "" and cfg.model.feature_layer > cfg.model.num_layers:
+    # A pretrained model's depth is known only once loaded; the session checks it then.
+    layers = cfg.model.num_layers
+    if not cfg.model.path and not -(layers + 1) <= cfg.model.feature_layer <= layers:
         raise UserError(
             f"config key 'model.feature_layer' is {cfg.model.feature_layer} but the model has "
-            f"{cfg.model.num_layers} layers; use -1 or 0..{cfg.model.num_layers}"
+            f"{layers} layers; use -1 (final) or an index of HF hidden_states, 0..{layers}"
         )
     if cfg.model.num_heads % cfg.model.num_kv_heads:
         raise UserError("config key 'model.num_kv_heads' must divide model.num_heads")

@@ -181,7 +181,7 @@ def test_validate_rejects_unknown_choices(key):
         ),
         (["contrastive.temperature_min=2"], "temperature_min"),
         (["model.feature_layer=99"], "model.feature_layer"),
-        (["model.feature_layer=-2"], "model.feature_layer"),
+        (["model.feature_layer=-4"], "model.feature_layer"),
         (["model.num_heads=5"], "model.num_kv_heads"),
         (["devices=0,a"], "devices"),
         (["lora.targets=(q_proj"], "lora.targets"),
