@@ -21,7 +21,7 @@ def main() -> int:
     cli.setup_logging()
     from jaxcls import evaluation
     from jaxcls.errors import UserError
-    from jaxcls.trainer import data_paths
+    from jaxcls.inputs import data_paths
 
     workdir, ckpt = evaluation.split_ckpt(args.workdir, args.ckpt)
     run, step = evaluation.load_run(workdir, ckpt)

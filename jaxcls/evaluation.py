@@ -135,7 +135,7 @@ def print_summary(result: dict, names: list[str]) -> None:
 
 def evaluate_after_training(cfg: Any, workdir: str | Path) -> None:
     """Evaluate the best checkpoint on ``data.test`` (the demo's test split by default)."""
-    from jaxcls.trainer import data_paths
+    from jaxcls.inputs import data_paths
 
     test = data_paths(cfg)["test"]
     if not Path(test).is_file():
