@@ -27,6 +27,7 @@ FORMAT = "jaxcls-model"
 VERSION = 1
 META_FILE = "jaxcls_model.json"
 PARAMS_DIR = "params"
+CHUNK_BYTES = 64 << 20
 # Tokenizer files of a Hugging Face model dir (fast and slow tokenizers, chat template).
 TOKENIZER_GLOBS = (
     "tokenizer*",
@@ -105,11 +106,36 @@ def write_model(
     return out
 
 
+def _checkpointer():
+    """A synchronous Orbax PyTree checkpointer that does not copy host arrays.
+
+    Orbax's defaults deep-copy every NumPy array before an async save and buffer the whole
+    tree for OCDBT: converting Qwen3-1.7B peaked at 2.8x the model. Without the copy, with
+    one file per array (no OCDBT) and 1 GB in flight, it peaks at about 1.2x.
+    """
+    import orbax.checkpoint as ocp
+
+    handlers = ocp.type_handlers
+    registry = handlers.create_type_handler_registry(
+        (np.ndarray, handlers.NumpyHandler(deepcopy_host_arrays=False)),
+        (jax.Array, handlers.ArrayHandler()),
+    )
+    handler = ocp.PyTreeCheckpointHandler(
+        type_handler_registry=registry,
+        save_concurrent_gb=1,
+        restore_concurrent_gb=1,
+        use_ocdbt=False,
+    )
+    return ocp.Checkpointer(handler)
+
+
 def _save_params(path: Path, params: dict[str, Any]) -> None:
     import orbax.checkpoint as ocp
 
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(path, params)
+    # Chunks of at most 64 MiB keep the encoder's buffers small (and suit sharded reads).
+    save_args = jax.tree_util.tree_map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES), params)
+    with _checkpointer() as ckpt:
+        ckpt.save(path, args=ocp.args.PyTreeSave(params, save_args=save_args))
 
 
 def read_model(path: str | os.PathLike, dtype: str | None = None) -> LoadedModel:
@@ -155,16 +181,22 @@ def _read_ours(path: Path, dtype: str | None) -> LoadedModel:
     params_dir = (path / PARAMS_DIR).absolute()
     if not params_dir.is_dir():
         raise UserError(f"{params_dir}: missing; the model dir is incomplete, reconvert it")
-    with ocp.StandardCheckpointer() as ckpt:
-        stored = ckpt.metadata(params_dir).item_metadata.tree
-        stored = flax.traverse_util.flatten_dict(stored, sep="/")
+    with _checkpointer() as ckpt:
+        stored = flax.traverse_util.flatten_dict(
+            ckpt.metadata(params_dir).item_metadata.tree, sep="/"
+        )
         _check_shapes(params_dir, expected, {k: tuple(v.shape) for k, v in stored.items()})
-        # Orbax casts on restore to the target dtype; it does not check shapes, hence above.
-        target = {
-            k: jax.ShapeDtypeStruct(shape, np.dtype(dtype or stored[k].dtype))
-            for k, shape in expected.items()
+        # Orbax does not check shapes on restore (hence above); it casts to the given dtype.
+        restore = {
+            k: ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.dtype(dtype or stored[k].dtype))
+            for k in expected
         }
-        params = ckpt.restore(params_dir, flax.traverse_util.unflatten_dict(target, sep="/"))
+        params = ckpt.restore(
+            params_dir,
+            args=ocp.args.PyTreeRestore(
+                restore_args=flax.traverse_util.unflatten_dict(restore, sep="/")
+            ),
+        )
     return LoadedModel(config, params, id2label, path if tokenizer_files(path) else None)
 
 

@@ -63,6 +63,26 @@ def test_table_matches_the_flax_param_tree():
     assert {k: v.shape for k, v in flat(tree).items()} == mapping.expected_param_shapes(config, 5)
 
 
+def test_write_model_takes_jax_arrays(tmp_path):
+    config = Qwen3Config(
+        vocab_size=53, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+    )  # fmt: skip
+    ids = jnp.zeros((1, 4), jnp.int32)
+    params = Qwen3Classifier(config, HeadConfig(num_labels=2)).init(jax.random.key(1), ids, ids)
+    id2label = {0: "no", 1: "yes"}
+    out = modeldir.write_model(
+        tmp_path / "m", config, params["params"], id2label, tokenizer_dir=None, source="init"
+    )
+    loaded = read_model(out)
+    assert loaded.config == config and loaded.id2label == id2label
+    assert loaded.tokenizer_dir is None
+    want = flat(params["params"])
+    assert set(flat(loaded.params)) == set(want)
+    for key, value in flat(loaded.params).items():
+        np.testing.assert_array_equal(value, want[key])
+
+
 def test_convert_writes_a_model_dir_that_reads_back(make_hf_model, tmp_path, capsys):
     hf_dir = make_hf_model()
     out = tmp_path / "model"
