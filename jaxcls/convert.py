@@ -125,7 +125,9 @@ def load_hf(
     config = Qwen3Config.from_hf(hf_dir)
     hf = json.loads((hf_dir / "config.json").read_text())
     num_labels = _num_labels(hf)
-    table = {hf: (path, shape, t) for hf, path, shape, t in mapping.expected(config, num_labels)}
+    table = {
+        name: (path, shape, t) for name, path, shape, t in mapping.expected(config, num_labels)
+    }
     target = DTYPES[dtype] if dtype else None
     flat: dict[str, np.ndarray] = {}
     unexpected: list[str] = []
@@ -150,7 +152,7 @@ def load_hf(
             if target is not None:
                 array = array.astype(target, copy=False)
             flat[path] = transform.to_ours(array)
-            del array  # keep one copy of each tensor
+            del array  # a transposed tensor's source buffer goes before the next read
     if unexpected:
         raise UserError(
             f"{hf_dir}: tensors that a Qwen3 model does not have: {unexpected[:5]}"
@@ -180,7 +182,7 @@ def _check_one_dtype(hf_dir: Path, flat: dict[str, np.ndarray]) -> None:
 
 def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, dtype: str | None = None) -> Path:
     """Convert an HF Qwen3 dir into a jaxcls model dir at ``out`` (written atomically)."""
-    modeldir.check_out_dir(Path(out))
+    modeldir.check_out_dir(Path(out))  # before the slow read, not only when writing
     config, params, id2label = load_hf(hf_dir, dtype)
     return modeldir.write_model(
         out, config, params, id2label, tokenizer_dir=hf_dir, source=str(Path(hf_dir).absolute())
