@@ -72,11 +72,32 @@ class Classifier:
         """
         path = Path(path)
         dtype = dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
-        # The one place that dispatches on the kind of path: training run dirs (with
-        # checkpoints/ and `ckpt`) will be handled here next to model dirs.
+        # The one place that dispatches on the kind of path: a training run dir (with
+        # checkpoints/ and `ckpt`) or a model dir (converted or Hugging Face).
         if (path / "checkpoints").is_dir():
-            raise UserError(f"{path}: loading a training run dir is not supported yet")
+            return cls._from_run(path, ckpt, dtype, batch_size)
         return cls._from_model_dir(path, dtype, max_length, batch_size)
+
+    @classmethod
+    def _from_run(cls, path: Path, ckpt: str, dtype: str, batch_size: int) -> Classifier:
+        """A training run at checkpoint ``ckpt``, with LoRA merged into plain kernels."""
+        import dataclasses
+
+        from jaxcls.evaluation import load_run
+
+        run, _ = load_run(path, ckpt)
+        head = HeadConfig.from_config(run.cfg.model, len(run.label_names))
+        head = dataclasses.replace(head, dtype=dtype, remat=False)
+        return cls(
+            run.config,
+            head,
+            run.merged_params(),
+            run.tokenizer,
+            run.label_names,
+            max_length=run.cfg.data.max_length,
+            template=run.cfg.data.template,
+            batch_size=batch_size,
+        )
 
     @classmethod
     def _from_model_dir(
