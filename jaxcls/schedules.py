@@ -48,8 +48,11 @@ def temperature(con: Any, step: Array, total_steps: int, learned: Array | None) 
     """Contrastive temperature at ``step``: constant, cosine from start to end, or learned."""
     t0 = float(con.temperature)
     if con.temperature_schedule == "learnable":
+        # The train step keeps log-temperature inside the range; this clip only absorbs
+        # rounding, and passes the gradient straight through so a bound is never a trap.
+        t = jnp.exp(learned)
         lo, hi = float(con.temperature_min), float(con.temperature_max)
-        return jnp.clip(jnp.exp(learned), lo, hi)
+        return t + jax.lax.stop_gradient(jnp.clip(t, lo, hi) - t)
     if con.temperature_schedule == "cosine":
         frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 0.0, 1.0)
         t1 = float(con.temperature_end)

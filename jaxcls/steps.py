@@ -154,7 +154,7 @@ def make_train_step(
         loss, parts, grads = jax.tree_util.tree_map(lambda x: x / n_micro, (loss, parts, grads))
         grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
-        trainable = optax.apply_updates(state.trainable, updates)
+        trainable = _project_extra(optax.apply_updates(state.trainable, updates), con)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
             lambda n, o: jnp.where(ok, n, o), new, old
@@ -169,6 +169,21 @@ def make_train_step(
         return new_state, {**metrics, **parts}
 
     return train_step
+
+
+def _project_extra(trainable: PyTree, con: Any) -> PyTree:
+    """Keep a learnable log-temperature inside [log temperature_min, log temperature_max].
+
+    Projecting the parameter (rather than only clipping its use) keeps it where its gradient
+    is alive: a clipped value has zero gradient, and Adam's momentum would carry the raw
+    parameter past the bound, where it would stay for good.
+    """
+    extra = trainable["extra"]
+    if "log_temperature" not in extra:
+        return trainable
+    lo, hi = jnp.log(float(con.temperature_min)), jnp.log(float(con.temperature_max))
+    extra = {**extra, "log_temperature": jnp.clip(extra["log_temperature"], lo, hi)}
+    return {**trainable, "extra": extra}
 
 
 def _first(batch: Batch) -> Batch:

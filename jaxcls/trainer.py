@@ -7,6 +7,7 @@ checkpoints and resume, update step, evaluation, loop.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -34,6 +35,19 @@ from jaxcls.checkpoint import Checkpoints, abstract
 from jaxcls.errors import UserError
 
 log = logging.getLogger("jaxcls")
+
+
+# Step metrics logged as of the last step of each logging window instead of its mean.
+SCHEDULED = ("con_weight", "temperature")
+
+
+def check_best_metric(name: str) -> None:
+    """``train.best_metric`` must name a validation metric that ``validate`` logs."""
+    known = [f"val/{key}" for key in evaluate.SCALARS]
+    if name not in known:
+        raise UserError(
+            f"config key 'train.best_metric' is {name!r}; use one of: {', '.join(known)}"
+        )
 
 
 def total_steps(cfg: Any, micro_per_epoch: int) -> int:
@@ -71,6 +85,7 @@ class Trainer:
 
     def __init__(self, cfg: Any, workdir: str | Path | None = None):
         config_lib.validate_config(cfg)
+        check_best_metric(cfg.train.best_metric)
         self.cfg = cfg
         self.workdir = Path(workdir or config_lib.resolve_workdir(cfg))
         self.main = jax.process_index() == 0
@@ -163,16 +178,18 @@ class Trainer:
         return {f"val/{k}": v for k, v in result.items()}
 
     def _track_best(self, step: int, scores: dict[str, float]) -> bool:
-        """Update best-so-far and the patience counter; True when ``step`` is the new best."""
+        """Update best-so-far and the patience counter; True when ``step`` is the new best.
+
+        A metric undefined at this validation (absent, e.g. the silhouette of a one-class
+        split, or not finite) is no improvement: it counts towards ``train.patience``.
+        """
         train = self.cfg.train
         value = scores.get(train.best_metric)
-        if value is None:
-            raise UserError(
-                f"config key 'train.best_metric' is {train.best_metric!r}; logged validation "
-                f"metrics are {', '.join(sorted(scores))}"
-            )
         best = self.meta["best_value"]
-        better = best is None or (value > best if train.best_mode == "max" else value < best)
+        if value is None or not math.isfinite(value):
+            better = False
+        else:
+            better = best is None or (value > best if train.best_mode == "max" else value < best)
         if better:
             self.meta.update(best_value=value, best_step=step, bad_evals=0)
         else:
@@ -229,7 +246,7 @@ class Trainer:
                 seen += 1
                 self._check_bad_steps(done)
                 if done % cfg.train.log_every == 0 or done == self.n_steps:
-                    record = self._train_record(sums, seen, step, tokens, t0)
+                    record = self._train_record(sums, seen, step, tokens, t0, metrics)
                     self.metrics_log.write(done, "train", record)
                     bar.set_postfix(
                         loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}"
@@ -253,9 +270,16 @@ class Trainer:
             "best_metric": cfg.train.best_metric,
         }
 
-    def _train_record(self, sums: dict, seen: int, step: int, tokens: int, t0: float) -> dict:
-        """Means of the step metrics since the last log, the learning rate and throughput."""
+    def _train_record(
+        self, sums: dict, seen: int, step: int, tokens: int, t0: float, last: dict
+    ) -> dict:
+        """Means of the step metrics since the last log, the learning rate and throughput.
+
+        Scheduled values (contrastive weight, temperature) are those of the last step, as
+        the learning rate is, so the curves show the schedule itself rather than its mean.
+        """
         record = {k: v / seen for k, v in sums.items() if k != "skipped"}
+        record.update({k: float(last[k]) for k in SCHEDULED if k in last})
         record["skipped"] = int(sums.get("skipped", 0))
         record["lr"] = float(self.lr_at(step))
         record["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
@@ -287,7 +311,7 @@ class Trainer:
             )  # fmt: skip
         elif status == "early_stopped":
             log.info(
-                "early stop: no better %s in %d validations; best %.4f at step %s",
+                "early stop: no better %s in %d validations; best %s at step %s",
                 self.cfg.train.best_metric, self.cfg.train.patience, self.meta["best_value"],
                 self.meta["best_step"],
             )  # fmt: skip
