@@ -19,6 +19,7 @@ from matplotlib import font_manager
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits
 
 from jaxcls.errors import UserError
 
@@ -97,7 +98,11 @@ def plot_tsne(
     if len(y) >= 2:
         # t-SNE needs perplexity < n; 30 is scikit-learn's default for large n.
         perplexity = max(1.0, min(30.0, (len(y) - 1) / 3))
-        xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed)
+        # On small inputs OpenMP's thread sync costs more than the work: one thread was 20x
+        # faster for 18 points and 12x for 300 on a busy 2-core machine.
+        with threadpool_limits(1 if len(y) < 1000 else None, user_api="openmp"):
+            xy = tsne.fit_transform(x)
     else:
         xy = np.zeros((len(y), 2))
     with _figure(path, (8.5, 6.5)) as fig:

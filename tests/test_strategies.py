@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from jaxcls.config import load_config
 from jaxcls.errors import UserError
 from jaxcls.qwen3 import Qwen3Config
 
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
 TOTAL = 40  # total_steps of the schedules (lr, temperature) in these tests
 PROJ = 11  # projection_dim: prime, so a mixed-up axis cannot hide
 # Prime-ish sizes, as in the model parity tests.
@@ -37,7 +39,7 @@ QWEN = Qwen3Config(
 
 
 def make_cfg(**contrastive):
-    cfg = load_config("configs/tiny.py")
+    cfg = load_config(TINY)
     cfg.optim.warmup_steps = 0
     cfg.optim.weight_decay = 0.0  # so a parameter moves only when its gradient is non-zero
     cfg.lora.dropout = 0.0
@@ -254,7 +256,7 @@ def test_projection_head_is_an_mlp_on_the_pooled_features(tiny):
 
 def tracker(best_metric: str, best_mode: str, patience: int):
     """The trainer's best/patience rule on a stand-in object (no model, no data)."""
-    cfg = load_config("configs/tiny.py")
+    cfg = load_config(TINY)
     cfg.train.update(best_metric=best_metric, best_mode=best_mode, patience=patience)
     fake = types.SimpleNamespace(
         cfg=cfg, meta={"best_value": None, "best_step": None, "bad_evals": 0}

@@ -1,0 +1,176 @@
+"""Analysis outputs end to end on one tiny run (trainer + evaluation in process).
+
+The run uses progressive training (warmup, then a linear ramp), a cosine temperature and
+early stopping on ``val/silhouette``; the tests check what it logged, which checkpoint it
+chose, and the files of ``eval/``: all written, readable, and a self-contained report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html.parser
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib import image as mpimg
+
+from jaxcls import evaluation, trainer
+from jaxcls.checkpoint import Checkpoints
+from jaxcls.config import load_config
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
+STEPS, EVERY, WARMUP, RAMP, WEIGHT = 8, 2, 2, 4, 0.5
+T0, T1 = 0.2, 0.05
+# Chinese class names exercise the plots' CJK handling; class words make them learnable.
+WORDS = {
+    "负面": ["差", "慢", "坏了", "失望", "bad", "awful"],
+    "正面": ["好", "快", "满意", "喜欢", "good", "great"],
+    "中性": ["一般", "还行", "普通", "凑合", "okay", "plain"],
+}
+FILLER = ["这个", "手机", "电影", "服务", "the", "really", "也", "很"]
+PNGS = ("tsne.png", "confusion.png", "curves.png", "centroids.png")
+
+
+def write_split(path: Path, n_per_class: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    rows = []
+    for label, words in WORDS.items():
+        for _ in range(n_per_class):
+            text = [rng.choice(words) for _ in range(3)] + rng.sample(FILLER, 3)
+            rng.shuffle(text)
+            rows.append({"text": " ".join(text), "label": label})
+    rng.shuffle(rows)
+    pd.DataFrame(rows).to_excel(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("analysis")
+    files = {s: write_split(root / f"{s}.xlsx", n, i) for i, (s, n) in enumerate(
+        [("train", 12), ("val", 6), ("test", 6)]
+    )}  # fmt: skip
+    overrides = [
+        f"workdir={root / 'run'}",
+        *(f"data.{split}={path}" for split, path in files.items()),
+        "data.max_length=16",  # one length bucket: one compile of each step
+        "model.train_base=false",
+        f"train.max_steps={STEPS}",
+        f"train.eval_every={EVERY}",
+        "train.log_every=1",
+        "train.best_metric=val/silhouette",
+        "train.patience=2",
+        "contrastive.loss=simple",
+        f"contrastive.weight={WEIGHT}",
+        "contrastive.schedule=linear",
+        f"contrastive.warmup_steps={WARMUP}",
+        f"contrastive.ramp_steps={RAMP}",
+        "contrastive.temperature_schedule=cosine",
+        f"contrastive.temperature={T0}",
+        f"contrastive.temperature_end={T1}",
+    ]
+    cfg = load_config(TINY, overrides)
+    result = trainer.train_and_evaluate(cfg)
+    evaluation.evaluate_after_training(cfg, result["workdir"])
+    return Path(result["workdir"])
+
+
+def events(run: Path, split: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [e for e in map(json.loads, lines) if e["split"] == split]
+
+
+def test_schedules_are_logged_every_step(run):
+    train = events(run, "train")
+    assert [e["step"] for e in train] == list(range(1, len(train) + 1))
+    for e in train:
+        s = e["step"] - 1  # the event after step s+1 reports the values step s used
+        ramp = min(max(s - WARMUP, 0) / RAMP, 1.0)
+        assert e["con_weight"] == pytest.approx(WEIGHT * ramp if s >= WARMUP else 0.0)
+        cos_t = T1 + (T0 - T1) * (1 + math.cos(math.pi * s / STEPS)) / 2
+        assert e["temperature"] == pytest.approx(cos_t, rel=1e-6)
+        assert {"loss", "cls_loss", "con_loss", "lr", "grad_norm"} <= set(e)
+    for e in events(run, "val"):
+        assert {"accuracy", "macro_f1", "intra_sim", "inter_sim", "sim_gap", "silhouette"} <= set(e)
+        assert e["sim_gap"] == pytest.approx(e["intra_sim"] - e["inter_sim"])
+
+
+def test_best_checkpoint_and_early_stop_follow_val_silhouette(run):
+    """Replay the rule on the logged values: same stopping point, same best checkpoint."""
+    val = events(run, "val")
+    best, best_step, bad, stop = None, None, 0, STEPS
+    for e in val:
+        if best is None or e["silhouette"] > best:
+            best, best_step, bad = e["silhouette"], e["step"], 0
+        else:
+            bad += 1
+        if bad >= 2:
+            stop = e["step"]
+            break
+    assert val[-1]["step"] == stop
+    assert events(run, "train")[-1]["step"] == stop
+    ckpts = Checkpoints(run / "checkpoints", "val/silhouette", "max", 1)
+    try:
+        assert ckpts.resolve("best") == best_step
+        assert ckpts.meta(best_step)["metrics"]["val/silhouette"] == pytest.approx(best)
+    finally:
+        ckpts.close()
+
+
+def test_eval_files_are_written_and_agree(run):
+    out = run / "eval"
+    for name in (*PNGS, "report.html", "metrics.json", "predictions.xlsx"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    frame = pd.read_excel(out / "predictions.xlsx")
+    assert len(frame) == metrics["num_samples"] == 18
+    assert metrics["accuracy"] == pytest.approx((frame["gold"] == frame["predicted"]).mean())
+    probs = frame[[f"p({name})" for name in WORDS]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    for key in ("intra_sim", "inter_sim", "sim_gap", "silhouette"):
+        assert isinstance(metrics[key], float)
+    assert len(metrics["centroid_similarity"]) == 3
+
+
+class _Refs(html.parser.HTMLParser):
+    """Every tag and the attributes that could load something from elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.refs = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.refs += [(tag, k, v) for k, v in attrs if k in ("src", "href", "srcset", "data")]
+
+
+def test_report_is_self_contained(run):
+    out = run / "eval"
+    page = (out / "report.html").read_text(encoding="utf-8")
+    parser = _Refs()
+    parser.feed(page)
+    assert not {"script", "link", "iframe", "object"} & set(parser.tags)
+    assert "url(" not in page  # no stylesheet fetches either
+    # Every reference is an embedded PNG, and each picture of eval/ is embedded verbatim.
+    assert all(tag == "img" and k == "src" for tag, k, _ in parser.refs)
+    embedded = [base64.b64decode(v.split(",", 1)[1]) for _, _, v in parser.refs]
+    assert all(v.startswith("data:image/png;base64,") for _, _, v in parser.refs)
+    assert sorted(embedded) == sorted((out / name).read_bytes() for name in PNGS)
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert f"{metrics['accuracy']:.4f}" in page and f"{metrics['silhouette']:.4f}" in page
+    assert all(name in page for name in WORDS)
+
+
+@pytest.mark.parametrize("name", PNGS)
+def test_pictures_are_readable_images(run, name):
+    pixels = mpimg.imread(run / "eval" / name)  # fails on a broken PNG
+    height, width = pixels.shape[:2]
+    assert width >= 400 and height >= 300
+    # Not blank: a real share of pixels differs from the background (the corner).
+    rgb = pixels[..., :3]
+    assert np.mean(np.any(np.abs(rgb - rgb[0, 0]) > 0.1, axis=-1)) > 0.02
