@@ -1,4 +1,10 @@
-"""Multi-host start-up: ``jax.distributed.initialize`` when the config or environment asks."""
+"""Multi-host start-up: ``jax.distributed.initialize`` when the config or environment asks.
+
+Every process runs the same command. The coordinator (process 0's ``host:port``), the number
+of processes and this process's index come from ``distributed.*`` or from the variables
+``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``; what neither gives
+is left to JAX's cluster detection (SLURM, Open MPI, Kubernetes, Cloud TPU).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +14,50 @@ from typing import Any
 
 import jax
 
+from jaxcls.errors import UserError
+
 log = logging.getLogger("jaxcls")
 
-# Variables through which cluster launchers (and our own tests) describe a multi-process job.
-ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV = {
+    "coordinator": "JAX_COORDINATOR_ADDRESS",
+    "num_processes": "JAX_NUM_PROCESSES",
+    "process_id": "JAX_PROCESS_ID",
+}
+
+
+def settings(cfg: Any) -> dict[str, Any]:
+    """Arguments for ``jax.distributed.initialize``; empty for a single-process run."""
+    dist = cfg.distributed
+    coordinator = dist.coordinator or os.environ.get(ENV["coordinator"], "")
+    if not coordinator:
+        return {}
+    kwargs: dict[str, Any] = {"coordinator_address": coordinator}
+    for key, unset in (("num_processes", 0), ("process_id", -1)):
+        value = dist[key] if dist[key] != unset else os.environ.get(ENV[key], "")
+        if value == "":
+            continue
+        try:
+            kwargs[key] = int(value)
+        except ValueError:
+            raise UserError(
+                f"environment variable {ENV[key]} is {value!r}; set it to an integer"
+            ) from None
+    return kwargs
 
 
 def maybe_initialize(cfg: Any) -> None:
-    """Join a multi-process job if ``distributed.coordinator`` or the environment names one."""
-    dist = cfg.distributed
-    coordinator = dist.coordinator or os.environ.get(ENV_COORDINATOR, "")
-    if not coordinator:
+    """Join a multi-process job if ``distributed.coordinator`` or the environment names one.
+
+    Only process 0 logs below warnings (and writes files, see ``Trainer.main``).
+    """
+    kwargs = settings(cfg)
+    if not kwargs:
         return
-    kwargs = {"coordinator_address": coordinator}
-    if dist.num_processes > 0:
-        kwargs["num_processes"] = int(dist.num_processes)
-    if dist.process_id >= 0:
-        kwargs["process_id"] = int(dist.process_id)
     jax.distributed.initialize(**kwargs)
-    log.info("process %d of %d joined %s", jax.process_index(), jax.process_count(), coordinator)
+    if jax.process_index() != 0:
+        log.setLevel(logging.WARNING)
+    log.info(
+        "process %d of %d joined %s: %d local / %d global devices",
+        jax.process_index(), jax.process_count(), kwargs["coordinator_address"],
+        jax.local_device_count(), jax.device_count(),
+    )  # fmt: skip

@@ -63,9 +63,13 @@ def evaluate_file(run: session.Session, path: str) -> tuple[dict, dict, data.Tab
     table = session.read_table(run.cfg, path)
     dataset = run.dataset(table)
     mesh = sharding.make_mesh(run.cfg.devices, run.cfg.mesh.fsdp)
-    eval_step = jax.jit(steps.make_eval_step(run.model, run.cfg))
-    frozen = sharding.put_replicated(run.frozen, mesh)
-    trainable = sharding.put_replicated(run.trainable, mesh)
+    sharding.check_batch_size(run.cfg.train.eval_batch_size, mesh, "train.eval_batch_size")
+    # Replicated outputs: every process of a multi-host job gets the whole batch's results.
+    eval_step = jax.jit(
+        steps.make_eval_step(run.model, run.cfg), out_shardings=sharding.replicated(mesh)
+    )
+    frozen = sharding.put_params(run.frozen, mesh)
+    trainable = sharding.put_params(run.trainable, mesh)
     outputs = evaluate.run_dataset(
         eval_step, trainable, frozen, dataset, run.cfg.train.eval_batch_size, run.pad_id,
         run.cfg.data.max_length, mesh,

@@ -121,15 +121,25 @@ class Trainer:
             len(self.train_set), len(self.val_set), len(self.label_names), self.n_steps,
             self.mesh.devices.size,
         )  # fmt: skip
-        state = steps.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            trainable=self.run.trainable,
-            opt_state=self.optimizer.init(self.run.trainable),
-            rng=jax.random.PRNGKey(cfg.seed),
-            bad_steps=jnp.zeros((), jnp.int32),
-        )
 
-        # Checkpoints and resume.
+        # Sharding: the frozen base and the state are placed by sharding.FSDP_RULES (replicated
+        # unless mesh.fsdp > 1) and the state is initialised in place, so no device ever holds
+        # more than its share of either.
+        self.frozen = sharding.put_params(self.run.frozen, self.mesh)
+        trainable = sharding.put_params(self.run.trainable, self.mesh)
+
+        def init_state(trainable: Any) -> steps.TrainState:
+            return steps.TrainState(
+                step=jnp.zeros((), jnp.int32),
+                trainable=trainable,
+                opt_state=self.optimizer.init(trainable),
+                rng=jax.random.PRNGKey(cfg.seed),
+                bad_steps=jnp.zeros((), jnp.int32),
+            )
+
+        state, self.state_shardings = sharding.init_sharded(init_state, trainable, mesh=self.mesh)
+
+        # Checkpoints and resume (restored straight into the state's shardings).
         self.ckpts = Checkpoints(
             self.workdir / "checkpoints", cfg.train.best_metric, cfg.train.best_mode,
             cfg.train.keep_best,
@@ -144,15 +154,14 @@ class Trainer:
 
         # Update step.
         replicated = sharding.replicated(self.mesh)
-        self.frozen = sharding.put_replicated(self.run.frozen, self.mesh)
-        self.state = sharding.put_replicated(state, self.mesh)
+        self.state = state
         self.train_step = jax.jit(
             steps.make_train_step(
                 self.run.model, cfg, self.optimizer, self.n_steps,
                 class_alpha=self._class_alpha(), data_shards=sharding.data_size(self.mesh),
             ),
             donate_argnums=(0,),
-            out_shardings=(replicated, replicated),
+            out_shardings=(self.state_shardings, replicated),
         )  # fmt: skip
         self.eval_step = jax.jit(
             steps.make_eval_step(self.run.model, cfg), out_shardings=replicated
@@ -288,11 +297,12 @@ class Trainer:
     def _evaluate_and_save(self, done: int) -> str:
         scores = self.validate(done)
         better = self._track_best(done, scores)
-        tqdm.write(
-            f"step {done}: "
-            + ", ".join(f"{k}={v:.4f}" for k, v in scores.items())
-            + (" (best)" if better else "")
-        )
+        if self.main:
+            tqdm.write(
+                f"step {done}: "
+                + ", ".join(f"{k}={v:.4f}" for k, v in scores.items())
+                + (" (best)" if better else "")
+            )
         status = "finished"
         patience = self.cfg.train.patience
         if patience and self.meta["bad_evals"] >= patience:
