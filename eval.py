@@ -1,4 +1,7 @@
-"""Evaluate a trained run: python eval.py --ckpt best [--workdir RUN] [--data FILE]"""
+"""Evaluate a trained run: python eval.py --ckpt best [--workdir RUN] [--data FILE]
+
+or a peft LoRA adapter (e.g. the reference project's output/best_model) on its base model:
+python eval.py --lora_model ./output/best_model --base models/qwen3-1.7b --data test.xlsx"""
 
 import argparse
 from pathlib import Path
@@ -12,8 +15,24 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workdir", default=None, help="run directory (default: runs/LATEST)")
     p.add_argument("--data", default=None, help="labelled file (default: the run's data.test)")
     p.add_argument("--out", default=None, help="output dir (default: RUN/eval)")
+    p.add_argument("--lora_model", default=None, help="a peft LoRA adapter dir (needs --data)")
+    p.add_argument("--base", default=None, help="its base model dir (default: from the adapter)")
+    p.add_argument("--max_length", type=int, default=512, help="with --lora_model: token limit")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args()
+
+
+def peft_session(args: argparse.Namespace):
+    """The default config's evaluation settings on the adapter's base, LoRA merged."""
+    from jaxcls import session
+    from jaxcls.config import load_config
+    from jaxcls.errors import UserError
+
+    if not args.data:
+        raise UserError("--lora_model needs --data FILE (a labelled file to evaluate on)")
+    overrides = [f"model.path={args.base or ''}", f"data.max_length={args.max_length}"]
+    cfg = load_config(Path(__file__).with_name("configs") / "default.py", overrides)
+    return session.from_peft(cfg, args.lora_model)
 
 
 def main() -> int:
@@ -23,8 +42,13 @@ def main() -> int:
     from jaxcls.errors import UserError
     from jaxcls.inputs import data_paths
 
-    workdir, ckpt = evaluation.split_ckpt(args.workdir, args.ckpt)
-    run, step = evaluation.load_run(workdir, ckpt)
+    if args.lora_model:
+        run, workdir = peft_session(args), Path(args.lora_model)
+        what = f"adapter {workdir}"
+    else:
+        workdir, ckpt = evaluation.split_ckpt(args.workdir, args.ckpt)
+        run, step = evaluation.load_run(workdir, ckpt)
+        what = f"checkpoint {step}"
     path = args.data or data_paths(run.cfg)["test"]
     if not path:
         raise UserError("the run has no data.test; pass --data FILE")
@@ -32,7 +56,7 @@ def main() -> int:
     evaluation.print_summary(result, run.label_names)
     out = Path(args.out) if args.out else workdir / "eval"
     evaluation.write_outputs(run, result, outputs, table, out)
-    print(f"checkpoint {step} on {path}: metrics, predictions and report.html in {out}")
+    print(f"{what} on {path}: metrics, predictions and report.html in {out}")
     return 0
 
 

@@ -3,6 +3,7 @@
 python predict.py --text "物流很快，质量不错"              # runs/LATEST, best checkpoint
 python predict.py --ckpt best --workdir runs/margin --input new.xlsx --output predicted.xlsx
 python predict.py --model models/my-seqcls --text "..." --json
+python predict.py --lora_model ./output/best_model --base models/qwen3-1.7b --input new.xlsx
 """
 
 import argparse
@@ -17,6 +18,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ckpt", default="best", help="best, latest, a step, or a checkpoint path")
     p.add_argument("--workdir", default=None, help="run directory (default: runs/LATEST)")
     p.add_argument("--model", default=None, help="a converted or Hugging Face seq-cls model dir")
+    p.add_argument("--lora_model", default=None, help="a peft LoRA adapter dir (SEQ_CLS)")
+    p.add_argument("--base", default=None, help="its base model dir (default: from the adapter)")
     p.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
     p.add_argument("--input", default=None, help="file of texts (.xlsx .csv .tsv .jsonl ...)")
     p.add_argument("--output", default=None, help="write predictions here (same formats)")
@@ -36,7 +39,9 @@ def main() -> int:
 
     if not args.text and not args.input:
         raise UserError("nothing to classify; pass --text TEXT or --input FILE")
-    if args.model:
+    if args.lora_model:
+        clf = Classifier.load(args.lora_model, base=args.base, batch_size=args.batch_size)
+    elif args.model:
         clf = Classifier.load(args.model, batch_size=args.batch_size)
     else:
         workdir, ckpt = split_ckpt(args.workdir, args.ckpt)

@@ -64,19 +64,30 @@ class Classifier:
         dtype: str | None = None,
         max_length: int = 512,
         batch_size: int = 16,
+        base: str | os.PathLike | None = None,
     ) -> Classifier:
-        """Load from a converted jaxcls model dir or a Hugging Face seq-cls dir.
+        """Load from a converted jaxcls model dir, a Hugging Face seq-cls dir, a training run
+        dir, or a peft LoRA adapter dir on ``base`` (default: its base_model_name_or_path).
 
         ``dtype`` is the compute dtype: default float32 on CPU, bfloat16 on accelerators.
         ``ckpt`` (best | latest | step | path) selects the checkpoint of a training run dir.
         """
+        from jaxcls import peft_io
+
         path = Path(path)
         dtype = dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
         # The one place that dispatches on the kind of path: a training run dir (with
-        # checkpoints/ and `ckpt`) or a model dir (converted or Hugging Face).
+        # checkpoints/ and `ckpt`), a peft adapter dir, or a model dir (converted or HF).
         if (path / "checkpoints").is_dir():
             return cls._from_run(path, ckpt, dtype, batch_size)
-        return cls._from_model_dir(path, dtype, max_length, batch_size)
+        if peft_io.is_adapter_dir(path):
+            loaded = peft_io.load_merged(path, base)
+            return cls._from_loaded(loaded, path, dtype, max_length, batch_size)
+        if base is not None:
+            raise UserError(f"{path}: not a peft adapter dir (no adapter_config.json); drop base")
+        from jaxcls.modeldir import read_model
+
+        return cls._from_loaded(read_model(path), path, dtype, max_length, batch_size)
 
     @classmethod
     def _from_run(cls, path: Path, ckpt: str, dtype: str, batch_size: int) -> Classifier:
@@ -100,14 +111,12 @@ class Classifier:
         )
 
     @classmethod
-    def _from_model_dir(
-        cls, path: Path, dtype: str, max_length: int, batch_size: int
+    def _from_loaded(
+        cls, loaded: Any, path: Path, dtype: str, max_length: int, batch_size: int
     ) -> Classifier:
+        """From a ``modeldir.LoadedModel`` with a score head (plain params)."""
         from transformers import AutoTokenizer
 
-        from jaxcls.modeldir import read_model
-
-        loaded = read_model(path)
         if loaded.id2label is None:
             raise UserError(
                 f"{path}: a base model without a classification head (score); train on it first"

@@ -146,3 +146,43 @@ def expected_param_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """Our parameter path -> shape, as our model stores it."""
     return {path: t.shape(shape) for _, path, shape, t in expected(config, num_labels)}
+
+
+# peft adapters name tensors ``base_model.model.<HF name>``: LoRA factors of a Linear as
+# ``<module>.lora_A.weight`` [r, in] and ``<module>.lora_B.weight`` [out, r] (the transposes of
+# our ``lora_a`` [in, r] and ``lora_b`` [r, out], as for kernels), and the modules saved whole
+# (``modules_to_save``, e.g. ``score``) under their HF name.
+PEFT_PREFIX = "base_model.model."
+_PEFT_LORA = {"lora_A": "lora_a", "lora_B": "lora_b"}
+
+
+def hf_module(module: str) -> str | None:
+    """The HF module name of one of our kernel modules (``model/layers_0/self_attn/q_proj`` ->
+    ``model.layers.0.self_attn.q_proj``); None if it has no kernel row."""
+    found = ours_to_hf(f"{module}/kernel")
+    return None if found is None else found[0].removesuffix(".weight")
+
+
+def peft_to_ours(name: str) -> tuple[str, Transform] | None:
+    """Our path and transform for a peft adapter tensor; None if no row matches."""
+    if not name.startswith(PEFT_PREFIX):
+        return None
+    name = name[len(PEFT_PREFIX) :]
+    m = re.fullmatch(r"(.+)\.(lora_A|lora_B)\.weight", name)
+    if m is None:
+        return hf_to_ours(name)
+    found = hf_to_ours(f"{m[1]}.weight")
+    if found is None or not found[0].endswith("/kernel"):
+        return None
+    return found[0].removesuffix("kernel") + _PEFT_LORA[m[2]], TRANSPOSE
+
+
+def ours_to_peft(path: str) -> tuple[str, Transform] | None:
+    """The peft adapter tensor name and transform for one of our adapter or param paths."""
+    module, _, leaf = path.rpartition("/")
+    factor = {v: k for k, v in _PEFT_LORA.items()}.get(leaf)
+    if factor is None:
+        found = ours_to_hf(path)
+        return None if found is None else (PEFT_PREFIX + found[0], found[1])
+    name = hf_module(module)
+    return None if name is None else (f"{PEFT_PREFIX}{name}.{factor}.weight", TRANSPOSE)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls import backbone, batching, data, lora, steps
+from jaxcls import backbone, batching, data, lora, peft_io, steps
 from jaxcls.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.errors import UserError
 from jaxcls.qwen3 import Qwen3Config
@@ -56,6 +56,22 @@ class Session:
         return lora.merge(params, trainable["adapters"], lora.LoRAConfig.from_config(self.cfg.lora))
 
 
+def from_peft(cfg: Any, peft_dir: str | Path) -> Session:
+    """An inference session of a peft adapter on ``model.path`` (empty: the adapter's
+    base_model_name_or_path): LoRA merged into the kernels, the adapter's score head."""
+    loaded = peft_io.load_merged(peft_dir, cfg.model.path, cfg.model.param_dtype)
+    if loaded.tokenizer_dir is None:
+        raise_no_tokenizer(cfg)
+    labels = [loaded.id2label[i] for i in sorted(loaded.id2label)]
+    model = Qwen3Classifier(loaded.config, HeadConfig.from_config(cfg.model, len(labels)))
+    heads, frozen = lora.partition(loaded.params, HEADS)
+    trainable = {"adapters": {}, "params": heads, "extra": steps.init_extra(cfg.contrastive)}
+    tokenizer = backbone.load_tokenizer(loaded.tokenizer_dir)
+    return Session(
+        cfg, Path(peft_dir), loaded.config, model, tokenizer, labels, trainable, frozen, False
+    )
+
+
 def read_table(cfg: Any, path: str, labelled: bool = True) -> data.Table:
     label_column = cfg.data.label_column if labelled else None
     return data.read_table(path, cfg.data.text_column, label_column)
@@ -80,6 +96,15 @@ def build(cfg: Any, workdir: Path, label_names: list[str], write_base: bool = Tr
         trainable_params, frozen = lora.partition(params, HEADS)
     lora_cfg = lora.LoRAConfig.from_config(cfg.lora)
     adapters = lora.init(loaded.params, lora_cfg, jax.random.PRNGKey(cfg.seed + 1))
+    if cfg.lora.init_from:
+        base_labels = loaded.id2label and [loaded.id2label[i] for i in sorted(loaded.id2label)]
+        adapters, score = peft_io.init_from(
+            cfg.lora.init_from, loaded.params, lora_cfg, adapters, label_names, cfg.model.path,
+            base_labels,
+        )  # fmt: skip
+        if score is not None:
+            kernel = trainable_params["score"]["kernel"]
+            trainable_params["score"]["kernel"] = score.astype(kernel.dtype)
     trainable = {
         "adapters": adapters,
         "params": trainable_params,
