@@ -62,6 +62,14 @@ def make_mesh(devices_spec: str, fsdp: int = 1) -> Mesh:
             f"config key 'mesh.fsdp' is {fsdp} but {len(devices)} devices are listed; "
             "pick an fsdp size that divides the device count"
         )
+    # Every process runs the same steps, so each must own part of the mesh (and all of them
+    # reach this same verdict, so none is left waiting for the others).
+    idle = sorted(set(range(jax.process_count())) - {d.process_index for d in devices})
+    if idle:
+        raise UserError(
+            f"config key 'devices' is {devices_spec!r}, which lists no device of process(es) "
+            f"{', '.join(map(str, idle))}; list devices of every process, or 'all'"
+        )
     grid = np.array(devices, dtype=object).reshape(len(devices) // fsdp, fsdp)
     return Mesh(grid, BATCH_AXES)
 

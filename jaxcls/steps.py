@@ -4,6 +4,11 @@ The trainable state is ``{"adapters": LoRA factors, "params": heads (+ the base 
 trains), "extra": learnable temperature / loss weights}``; the frozen base is a separate
 argument that is never differentiated. A train batch carries a leading micro-batch axis
 ``[A, B, ...]`` (A = ``optim.accumulate``); gradients are averaged over it with ``lax.scan``.
+
+The steps are written for the whole global batch. Jitted with inputs placed on the mesh
+(``sharding.put_batch``), XLA splits the work over the devices and inserts the collectives:
+the gradient all-reduce, the FSDP weight all-gathers, and for ``contrastive.scope = "global"``
+the all-gather of the features, so the result equals a one-device run of the same batch.
 """
 
 from __future__ import annotations
