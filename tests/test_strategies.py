@@ -9,6 +9,7 @@ and a NumPy MLP; best-metric tracking with undefined (None) values through the t
 from __future__ import annotations
 
 import math
+import time
 import types
 from pathlib import Path
 
@@ -296,3 +297,13 @@ def is_new_best(values, mode, step) -> bool:
 def test_unknown_best_metric_is_a_user_error():
     with pytest.raises(UserError, match="train.best_metric.*val/silhouette"):
         trainer.check_best_metric("val/silhoutte")
+
+
+def test_train_record_logs_the_last_scheduled_values_and_window_means():
+    fake = types.SimpleNamespace(lr_at=lambda step: 0.5 * step)
+    sums = {"loss": 3.0, "con_weight": 0.3, "temperature": 0.3, "skipped": 1}
+    last = {"loss": 1.0, "con_weight": 0.2, "temperature": 0.1, "skipped": 0}
+    record = trainer.Trainer._train_record(fake, sums, 2, 7, 100, time.perf_counter() - 1, last)
+    assert record["loss"] == 1.5  # a window mean
+    assert record["con_weight"] == 0.2 and record["temperature"] == 0.1  # the current values
+    assert record["lr"] == 3.5 and record["skipped"] == 1 and 0 < record["tokens_per_s"] <= 100
