@@ -12,6 +12,7 @@ export. Adapters mirror the parameter tree: ``{..., "q_proj": {"lora_a": [in, r]
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Any
@@ -87,13 +88,94 @@ class LoRAWeight:
 
 def factored_matmul(x: Array, weight: LoRAWeight, dtype: Any, dropout_rng: Array | None) -> Array:
     """``x @ W + scale * (dropout(x) @ A) @ B`` in ``dtype``."""
-    base = jnp.dot(x, weight.w.astype(dtype))
     xa = x
     if dropout_rng is not None:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - weight.dropout, x.shape)
+        keep = bernoulli(dropout_rng, 1.0 - weight.dropout, x.shape)
         xa = jnp.where(keep, x / (1.0 - weight.dropout), 0).astype(dtype)
-    low = jnp.dot(jnp.dot(xa, weight.a.astype(dtype)), weight.b.astype(dtype))
-    return base + (weight.scale * low).astype(dtype)
+    w, a, b = (t.astype(dtype) for t in (weight.w, weight.a, weight.b))
+    return _lora_dot(x, xa, w, a, b, weight.scale)
+
+
+def bernoulli(key: Array, p: float, shape: tuple[int, ...]) -> Array:
+    """``jax.random.bernoulli(key, p, shape)``, bit for bit, as one fused elementwise loop.
+
+    On CPU, JAX lowers the threefry hash as a rolled 5-step while loop over whole arrays
+    (written and re-read at every step); the dropout masks of a step took 15% of its time.
+    This is the same hash (threefry-2x32, JAX's partitionable counter layout: element i
+    hashes the 64-bit counter i) unrolled, so XLA fuses it with the mask. Other key
+    implementations, the legacy counter layout and 2**32 elements or more fall back to JAX.
+    """
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    impl = str(jax.random.key_impl(key)) if typed else jax.config.jax_default_prng_impl
+    size = math.prod(shape)
+    if impl != "threefry2x32" or not jax.config.jax_threefry_partitionable or size >= 2**32:
+        return jax.random.bernoulli(key, p, shape)
+    k = jax.random.key_data(key) if typed else key
+    counts = jax.lax.iota(jnp.uint32, size).reshape(shape)
+    hi, lo = _threefry2x32(k[0], k[1], jnp.zeros(shape, jnp.uint32), counts)
+    # JAX's uniform takes the top 23 bits m as the mantissa: u = m / 2**23, keep = u < p.
+    threshold = math.ceil(float(np.float32(p)) * 2**23)
+    return ((hi ^ lo) >> np.uint32(9)) < np.uint32(min(threshold, 2**23))
+
+
+def _threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
+    """The Threefry-2x32 block cipher (20 rounds, Salmon et al. 2011), elementwise."""
+    keys = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+    x0, x1 = x0 + keys[0], x1 + keys[1]
+    for i in range(5):
+        for r in rotations[i % 2]:
+            x0 = x0 + x1
+            x1 = ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r))) ^ x0
+        x0 = x0 + keys[(i + 1) % 3]
+        x1 = x1 + keys[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
+
+
+# The backward of the factored projection is written by hand. Left to autodiff, XLA:CPU
+# fuses the elementwise producers of the output gradient (the SwiGLU backward) into the
+# transposes that feed the LoRA factor gradients: strided loop fusions that took as long as
+# all the matmuls (benchmarks/NOTES.md). An optimization barrier on the incoming gradient
+# materialises it once; the gradients are plain 2-D matmuls; and the weight gradient is
+# computed only when W is differentiated (a trainable base), never for a frozen kernel.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _lora_dot(x: Array, xa: Array, w: Array, a: Array, b: Array, scale: float) -> Array:
+    """``x @ w + scale * (xa @ a) @ b``; ``xa`` is the (dropped-out) input of the LoRA branch."""
+    return jnp.dot(x, w) + (scale * jnp.dot(jnp.dot(xa, a), b)).astype(x.dtype)
+
+
+def _lora_dot_fwd(x, xa, w, a, b, scale):
+    u = jnp.dot(xa.value, a.value)
+    out = jnp.dot(x.value, w.value) + (scale * jnp.dot(u, b.value)).astype(x.value.dtype)
+    # Only what the backward needs: x for dW (trainable W), W for dx and A for d(xa) when
+    # those inputs are differentiated (None is an empty pytree: the choice is static).
+    keep_x = x.value if w.perturbed else None
+    keep_w = w.value if x.perturbed else None
+    keep_a = a.value if xa.perturbed else None
+    return out, (keep_x, xa.value, u, keep_w, keep_a, b.value)
+
+
+def _lora_dot_bwd(scale, res, g):
+    x, xa, u, w, a, b = res
+    if isinstance(g, jax.custom_derivatives.SymbolicZero):
+        return None, None, None, None, None
+    lead = g.shape[:-1]
+    g = jax.lax.optimization_barrier(g).reshape(-1, g.shape[-1])  # [N, out]
+    flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731  [..., d] -> [N, d]
+    gs = scale * g
+    dot = jax.lax.dot_general
+    tn = ((0,), (0,)), ((), ())  # t1^T @ t2: contract the token axis
+    nt = ((1,), (1,)), ((), ())  # t1 @ t2^T, with no transpose of t2 (W stays as it is)
+    gb = dot(flat(u), gs, tn)  # [r, out]
+    gu = dot(gs, b, nt)  # [N, r]
+    ga = dot(flat(xa), gu, tn)  # [in, r]
+    gxa = None if a is None else dot(gu, a, nt).reshape(*lead, -1)
+    gx = None if w is None else dot(g, w, nt).reshape(*lead, -1)
+    gw = None if x is None else dot(flat(x), g, tn)
+    return gx, gxa, gw, ga, gb
+
+
+_lora_dot.defvjp(_lora_dot_fwd, _lora_dot_bwd, symbolic_zeros=True)
 
 
 def _path_str(path: tuple) -> str:
