@@ -14,7 +14,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ckpt", default="best", help="best, latest, a step, or a checkpoint path")
     p.add_argument("--workdir", default=None, help="run directory (default: runs/LATEST)")
     p.add_argument("--data", default=None, help="labelled file (default: the run's data.test)")
-    p.add_argument("--out", default=None, help="output dir (default: RUN/eval)")
+    p.add_argument("--out", default=None, help="output dir (default: RUN/eval, LORA_MODEL/eval)")
     p.add_argument("--lora_model", default=None, help="a peft LoRA adapter dir (needs --data)")
     p.add_argument("--base", default=None, help="its base model dir (default: from the adapter)")
     p.add_argument("--max_length", type=int, default=512, help="with --lora_model: token limit")

@@ -1,4 +1,5 @@
-"""peft LoRA adapter dirs: read one into our layout, merge or fit it, write one.
+"""peft LoRA adapter dirs in: read one into our layout, merge it (inference) or fit it to our
+LoRA config (``lora.init_from``, from a peft dir or a jaxcls run dir). Writing is ``export``.
 
 A peft adapter may give each module its own rank (``rank_pattern``) and alpha
 (``alpha_pattern``) and adapt only some modules. ``read`` keeps that: each module carries its
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import flax
+import jax
 import numpy as np
 
 from jaxcls import lora, mapping
@@ -141,31 +143,29 @@ def _check(adapter: Adapter, flat: dict[str, Any]) -> None:
                 f"[{b.shape[1]}, {a.shape[0]}] but the base model's weight is {have}; "
                 f"{adapter.hint()}"
             )
+    hidden = np.shape(flat["model/norm/weight"])[0]
     for path, value in adapter.tensors.items():
-        want = flat.get(path)
-        fits = want is not None and (
-            value.shape[:-1] == np.shape(want)[:-1] if path == SCORE else value.shape == want.shape
-        )
-        if not fits:
+        # The score head may have other labels than the base's (or the base none).
+        want = (hidden, value.shape[1]) if path == SCORE else np.shape(flat.get(path, ()))
+        if value.shape != want:
+            name, transform = mapping.ours_to_peft(path)
             raise UserError(
-                f"{adapter.source}: {mapping.ours_to_peft(path)[0]} has shape "
-                f"{list(mapping.ours_to_peft(path)[1].to_hf(value).shape)}, which does not fit "
-                f"the base model; {adapter.hint()}"
+                f"{adapter.source}: {name} has shape {list(transform.shape(value.shape))}, which "
+                f"does not fit the base model; {adapter.hint()}"
             )
 
 
 def merge(params: Any, adapter: Adapter) -> Any:
     """Plain params: each kernel plus its ``scale * A @ B`` (float32), whole tensors replaced."""
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-    flat.setdefault(SCORE, np.zeros((0, 0), np.float32))  # a base model without a head
-    _check(adapter, {k: v for k, v in flat.items() if k != SCORE or v.size})
+    _check(adapter, flat)
     dtype = np.dtype(flat["model/norm/weight"].dtype)
     for module, (a, b, scale) in adapter.lora.items():
         w = flat[f"{module}/kernel"]
         flat[f"{module}/kernel"] = (np.asarray(w, np.float32) + scale * (a @ b)).astype(w.dtype)
     for path, value in adapter.tensors.items():
         flat[path] = value.astype(dtype)
-    if not flat[SCORE].size:
+    if SCORE not in flat:
         raise UserError(
             f"{adapter.source}: no score head (base_model.model.score.weight, peft's "
             "modules_to_save), and the base model has none; save the adapter with "
@@ -205,9 +205,8 @@ def fit(adapter: Adapter, params: Any, cfg: lora.LoRAConfig, fresh: Any) -> Any:
                 f"lora.init_from {adapter.source}: adapts {mapping.hf_module(module)}, which "
                 f"lora.targets {cfg.targets!r} does not match; widen lora.targets"
             )
-        rank = a.shape[1]
+        rank = a.shape[1]  # fresh A columns and zero B rows (lora.init) beyond it
         out[f"{module}/lora_a"][:, :rank] = a
-        out[f"{module}/lora_b"][:] = 0.0
         out[f"{module}/lora_b"][:rank] = b * np.float32(scale / cfg.scale)
     return flax.traverse_util.unflatten_dict(out, sep="/")
 
@@ -273,20 +272,11 @@ def from_run(workdir: str | Path, model_path: str) -> Adapter:
         log.warning("lora.init_from %s: trained on model.path %r, this run uses %r",
                     workdir, run.cfg.model.path, model_path)  # fmt: skip
     scale = lora.LoRAConfig.from_config(run.cfg.lora).scale
-    flat = flax.traverse_util.flatten_dict(run.trainable["adapters"], sep="/")
-    pairs = {
-        k.removesuffix("/lora_a"): (np.asarray(v, np.float32), np.asarray(flat[k[:-1] + "b"]))
-        for k, v in flat.items()
-        if k.endswith("/lora_a")
-    }
+    flat = flax.traverse_util.flatten_dict(jax.device_get(run.trainable["adapters"]), sep="/")
+    modules = sorted({k.rpartition("/")[0] for k in flat})
+    factors = {m: (flat[f"{m}/lora_a"], flat[f"{m}/lora_b"], scale) for m in modules}
     score = np.asarray(run.trainable["params"]["score"]["kernel"], np.float32)
-    return Adapter(
-        source,
-        {m: (a, b.astype(np.float32), scale) for m, (a, b) in pairs.items()},
-        {SCORE: score},
-        run.label_names,
-        run.cfg.model.path,
-    )
+    return Adapter(source, factors, {SCORE: score}, run.label_names, run.cfg.model.path)
 
 
 def init_from(

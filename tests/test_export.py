@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxcls import UserError, export, peft_io, steps
+from jaxcls import UserError, export, peft_io, session, steps
 from jaxcls.config import load_config
 from jaxcls.evaluation import load_run
 
@@ -109,14 +109,11 @@ def test_peft_export_loads_in_peft(trained, padded_batch, torch_forward, tmp_pat
 
     # Read back here (base from base_model_name_or_path): our merged weights, LoRA folded in.
     run, _ = load_run(workdir, "best")
-    want = jax.tree_util.tree_leaves_with_path(run.merged_params())
-    got = peft_io.load_merged(out).params
-    for path, leaf in want:
-        if path[0].key != "projection":
-            value = got
-            for key in path:
-                value = value[key.key]
-            np.testing.assert_allclose(value, leaf, atol=1e-6, err_msg=str(path))
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+        peft_io.load_merged(out).params,
+        without_projection(run.merged_params()),
+    )
 
 
 def test_merged_export_loads_in_transformers(trained, padded_batch, tmp_path):
@@ -131,6 +128,27 @@ def test_merged_export_loads_in_transformers(trained, padded_batch, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.config.pad_token_id == tokenizer.pad_token_id is not None
     np.testing.assert_allclose(torch_logits(model, *padded_batch), ours, atol=1e-4)
+
+
+def without_projection(params):
+    return {k: v for k, v in params.items() if k != "projection"}
+
+
+def test_init_from_a_run_dir(trained, tmp_path):
+    """lora.init_from a run dir, with another rank and alpha: the same merged weights."""
+    hf_dir, workdir, _ = trained
+    source, _ = load_run(workdir, "best")
+    cfg = load_config(
+        ROOT / "configs" / "tiny.py",
+        [f"model.path={hf_dir}", f"lora.init_from={workdir}", "lora.rank=6", "lora.alpha=3.0"],
+    )
+    run = session.build(cfg, tmp_path, LABELS, write_base=False)
+    assert run.trainable["adapters"]["model"]["layers_1"]["mlp"]["up_proj"]["lora_a"].shape[1] == 6
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+        without_projection(run.merged_params()),
+        without_projection(source.merged_params()),
+    )
 
 
 def test_export_refuses(trained, tmp_path):
@@ -180,3 +198,9 @@ def test_random_init_run_with_trained_base(tmp_path):
         tmp_path / "peft", dtype=torch.float32
     )
     np.testing.assert_allclose(torch_logits(adapter, ids, mask), ours, atol=1e-4)
+
+    # Its adapters fit only its own trained base: continuing from them is refused. (The
+    # session is built in the run dir only to reuse its saved random-init base.)
+    cfg = load_config(ROOT / "configs" / "tiny.py", [f"lora.init_from={tmp_path / 'run'}"])
+    with pytest.raises(UserError, match="also trained its random-init base"):
+        session.build(cfg, tmp_path / "run", LABELS, write_base=False)
