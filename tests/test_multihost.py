@@ -38,9 +38,11 @@ def free_port() -> int:
 
 
 def write_csv(path: Path, n_per_class: int, seed: int) -> Path:
+    """Texts of 12 words: all longer than max_length=32 tokens, so every batch has the same
+    shape and each process compiles one train and one eval step (buckets: test_multidevice)."""
     rng = np.random.default_rng(seed)
     rows = [
-        {"text": " ".join(rng.choice(words, size=int(rng.integers(2, 9)))), "label": label}
+        {"text": " ".join(rng.choice(words, size=12)), "label": label}
         for label, words in WORDS.items()
         for _ in range(n_per_class)
     ]
