@@ -157,7 +157,7 @@ def make_train_step(
         else:
             ((loss, parts), grads), _ = jax.lax.scan(micro, zeros, (jnp.arange(n_micro), batch))
         loss, parts, grads = jax.tree_util.tree_map(lambda x: x / n_micro, (loss, parts, grads))
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
         trainable = _project_extra(optax.apply_updates(state.trainable, updates), con)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
