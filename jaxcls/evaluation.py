@@ -38,11 +38,11 @@ def load_run(workdir: Path, ckpt: str = "best") -> tuple[session.Session, int]:
         raise UserError(f"{workdir}: no {rundir.CONFIG}; is this a jaxcls run directory?")
     cfg = config_lib.config_from_json(config_file.read_text(encoding="utf-8"))
     label_names = data.load_labels(workdir / rundir.LABELS)
-    run = session.build(cfg, workdir, label_names, write_base=False)
     ckpts = Checkpoints(
         workdir / "checkpoints", cfg.train.best_metric, cfg.train.best_mode, cfg.train.keep_best
     )
-    step = ckpts.resolve(ckpt)
+    step = ckpts.resolve(ckpt)  # before the slow model build: a wrong --ckpt fails at once
+    run = session.build(cfg, workdir, label_names, write_base=False, warm_start=False)
     optimizer = steps.make_optimizer(cfg.optim, 1)
     target = steps.TrainState(
         step=jnp.zeros((), jnp.int32),

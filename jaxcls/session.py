@@ -77,8 +77,18 @@ def read_table(cfg: Any, path: str, labelled: bool = True) -> data.Table:
     return data.read_table(path, cfg.data.text_column, label_column)
 
 
-def build(cfg: Any, workdir: Path, label_names: list[str], write_base: bool = True) -> Session:
-    """Model, tokenizer and fresh trainable state for ``label_names``."""
+def build(
+    cfg: Any,
+    workdir: Path,
+    label_names: list[str],
+    write_base: bool = True,
+    warm_start: bool = True,
+) -> Session:
+    """Model, tokenizer and fresh trainable state for ``label_names``.
+
+    ``warm_start`` starts the adapters from ``lora.init_from``; a run restored from its own
+    checkpoint does not need (or re-read) that source.
+    """
     loaded = backbone.load_backbone(cfg, workdir, write=write_base)
     if loaded.tokenizer_dir is None:
         raise_no_tokenizer(cfg)
@@ -96,7 +106,7 @@ def build(cfg: Any, workdir: Path, label_names: list[str], write_base: bool = Tr
         trainable_params, frozen = lora.partition(params, HEADS)
     lora_cfg = lora.LoRAConfig.from_config(cfg.lora)
     adapters = lora.init(loaded.params, lora_cfg, jax.random.PRNGKey(cfg.seed + 1))
-    if cfg.lora.init_from:
+    if cfg.lora.init_from and warm_start:
         base_labels = loaded.id2label and [loaded.id2label[i] for i in sorted(loaded.id2label)]
         adapters, score = peft_io.init_from(
             cfg.lora.init_from, loaded.params, lora_cfg, adapters, label_names, cfg.model.path,
