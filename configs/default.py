@@ -185,9 +185,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.patience = 0
     # Keep the best k checkpoints by best_metric (the latest is always kept too).
     config.train.keep_best = 1
-    # Resume from the latest checkpoint in workdir when there is one.
+    # Also save the state every this many steps (kept until the next one), so a killed run loses
+    # at most this many steps; 0 = save only at validations and on SIGINT/SIGTERM.
+    config.train.save_every = 0
+    # Resume from the latest checkpoint in workdir when there is one (false refuses a workdir that
+    # has checkpoints rather than overwriting them).
     config.train.resume = True
-    # Stop with an error after this many consecutive steps with a non-finite loss.
+    # A step with a non-finite loss or gradient is skipped (no update); stop with an error after
+    # this many consecutive ones.
     config.train.max_bad_steps = 5
 
     # Multi-host setup for jax.distributed.initialize; the defaults mean a single process.

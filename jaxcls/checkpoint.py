@@ -4,14 +4,23 @@ A checkpoint ``checkpoints/<step>/`` holds the trainable state only (adapters, h
 optimizer state, step, RNG) and a JSON ``meta`` item (validation metrics, best-so-far,
 patience counter); the frozen base is referenced by the run's config. Orbax writes each
 step into a temporary dir and renames it when complete, so a kill during a save never
-leaves a checkpoint that resume would pick up.
+leaves a checkpoint that resume would pick up; a pruned step is renamed into ``trash/``
+before it is deleted, so a kill during pruning never leaves a half-deleted step either.
+Leftovers of both are removed when the next run opens the directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
+import logging
 import math
 import os
+import re
 import shutil
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +30,46 @@ import orbax.checkpoint as ocp
 from jaxcls.errors import UserError
 
 PyTree = Any
+TRASH = "trash"
+# Config keys that fix the trainable state's structure or the function it parametrises: a run
+# resumes only with the values it was started with.
+MODEL_KEYS = (
+    "model.path model.param_dtype model.pooling model.feature_layer model.projection_dim "
+    "lora.rank lora.alpha lora.targets lora.rslora contrastive.schedule "
+    "contrastive.temperature_schedule"
+).split()
+# ... and, when the base is random-init (model.path empty), the keys that shape it.
+RANDOM_INIT_KEYS = (
+    "model.preset model.hidden_size model.num_layers model.num_heads model.num_kv_heads "
+    "model.head_dim model.intermediate_size model.train_base"
+).split()
 
 
 class Checkpoints:
     """Save, restore and prune the run's checkpoints (one manager for the whole run)."""
 
-    def __init__(self, directory: str | os.PathLike, best_metric: str, best_mode: str, keep: int):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        best_metric: str,
+        best_mode: str,
+        keep: int,
+        *,
+        writer: bool = False,
+    ):
+        """``writer``: the training run that owns the directory; it removes the leftovers of
+        a killed save or prune (a reader must not: they may be a live run's save). Every
+        process of a multi-host run passes the same value (Orbax synchronises them all);
+        only process 0 touches the files."""
         self.directory = Path(directory).absolute()
         self.best_metric, self.best_mode, self.keep = best_metric, best_mode, keep
+        self.primary = jax.process_index() == 0
+        if writer and self.primary:
+            shutil.rmtree(self.directory / TRASH, ignore_errors=True)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=None, create=True, enable_async_checkpointing=False
-        )
+            max_to_keep=None, create=writer, enable_async_checkpointing=False,
+            cleanup_tmp_directories=writer, todelete_subdir=TRASH,
+        )  # fmt: skip
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._metas: dict[int, dict] = {}
 
@@ -65,24 +103,35 @@ class Checkpoints:
     def save(self, step: int, state: PyTree, meta: dict) -> None:
         """Write ``state`` and ``meta`` for ``step`` (replacing it), then prune."""
         if step in self.manager.all_steps():
-            self.manager.delete(step)
+            self._delete(step)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         try:
-            self.manager.save(step, args=args, force=True)
-            self.manager.wait_until_finished()
-        except OSError as e:
+            with _errors_told_once():
+                self.manager.save(step, args=args, force=True)
+                self.manager.wait_until_finished()
+        except (OSError, ValueError, RuntimeError) as e:  # tensorstore reports I/O as ValueError
             self._clean_partial()
+            good = self.latest_step()
             raise UserError(
-                f"could not write checkpoint {step} in {self.directory} ({e.strerror or e}); "
+                f"could not write checkpoint {step} in {self.directory} ({_io_cause(e)}); "
                 "free disk space or fix permissions, then re-run the same command to resume "
-                "from the last complete checkpoint"
-            ) from None
+                f"from the last complete checkpoint ({'none' if good is None else good})"
+            ) from e
         self._metas[step] = meta
         self._prune()
 
     def _clean_partial(self) -> None:
+        """Best effort: writer threads still finishing may leave files; the next run (a
+        ``writer``) removes them before it starts, and no reader takes them for a step."""
         for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _delete(self, step: int) -> None:
+        """Rename ``step`` into trash/ (atomic), then delete it."""
+        self.manager.delete(step)
+        self._metas.pop(step, None)
+        if self.primary:
+            shutil.rmtree(self.directory / TRASH, ignore_errors=True)
 
     def _prune(self) -> None:
         """Keep the latest step and the ``keep`` best-scored steps; delete the rest."""
@@ -96,8 +145,7 @@ class Checkpoints:
         keep = {steps[-1]} | {s for s, _ in ranked[: self.keep]}
         for s in steps:
             if s not in keep:
-                self.manager.delete(s)
-                self._metas.pop(s, None)
+                self._delete(s)
 
     def restore(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict]:
         """The state (laid out like ``abstract_state``) and meta saved at ``step``."""
@@ -107,11 +155,12 @@ class Checkpoints:
         try:
             out = self.manager.restore(step, args=args)
         except (ValueError, KeyError, TypeError) as e:
+            cause = str(e).splitlines()[0].split(". ")[0][:200]
             raise UserError(
-                f"checkpoint {self.directory / str(step)} does not fit this config "
-                f"({str(e).splitlines()[0][:200]}); use the config the run was trained with "
+                f"checkpoint {self.directory / str(step)} does not fit this config and "
+                f"labels.json ({cause}); use the config and labels the run was trained with, "
                 "or a new workdir"
-            ) from None
+            ) from e
         return out["state"], dict(out["meta"])
 
     def resolve(self, ckpt: str) -> int:
@@ -133,6 +182,67 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+@contextlib.contextmanager
+def _errors_told_once() -> Iterator[None]:
+    """Keep a failed write's echoes off the console; the UserError raised for it says it once.
+
+    Orbax's writer threads log their I/O errors, and every pending tensorstore write of the
+    failed save calls back into the save's closed event loop ("Event loop is closed", through
+    ``sys.unraisablehook``), some after the save has returned: the filters stay after a
+    failure (the run ends with it); a successful save removes them.
+    """
+    absl, hook, drop = logging.getLogger("absl"), sys.unraisablehook, _DropWriteErrors()
+    absl.addFilter(drop)
+    sys.unraisablehook = functools.partial(_drop_closed_loop, hook)
+    yield  # on an exception the filters stay
+    absl.removeFilter(drop)
+    sys.unraisablehook = hook
+
+
+class _DropWriteErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "os_error_code" not in record.getMessage()
+
+
+def _drop_closed_loop(hook: Callable[[Any], None], unraisable: Any) -> None:
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+        hook(unraisable)
+
+
+def _io_cause(e: Exception) -> str:
+    """The OS reason of a failed write, e.g. 'No space left on device: /path'."""
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}: {e.filename}" if e.filename else str(e.strerror or e)
+    code = re.search(r"os_error_code='?(\d+)", str(e))  # tensorstore's errno
+    if code and int(code.group(1)) in errno.errorcode:
+        return os.strerror(int(code.group(1)))
+    return str(e).splitlines()[0][:200]
+
+
+def committed_steps(directory: Path) -> list[int]:
+    """The complete checkpoints in ``directory`` (Orbax names a step's dir by its number only
+    once it is complete), without opening a manager."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def check_same_model(saved: dict, cfg: Any, workdir: Path) -> None:
+    """A run resumes only with the model and LoRA keys it was started with (``MODEL_KEYS``)."""
+    changed = []
+    for key in MODEL_KEYS + ([] if cfg.model.path else RANDOM_INIT_KEYS):
+        group, name = key.split(".")
+        old, new = saved.get(group, {}).get(name), cfg[group][name]
+        if old is not None and old != new:
+            changed.append(f"{key}={old!r} (now {new!r})")
+    if changed:
+        raise UserError(
+            f"{workdir} was trained with {', '.join(changed)}; resume with the same values "
+            "or train into a new workdir (--config.workdir=...)"
+        )
 
 
 def abstract(tree: PyTree) -> PyTree:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -10,10 +11,16 @@ from collections.abc import Callable, Sequence
 from jaxcls.errors import UserError
 
 EXIT_USER_ERROR = 2
+# OS errors that are the machine's state, not a bug: a full disk or quota, a file-size limit,
+# missing permissions or a read-only filesystem.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS
+}  # fmt: skip
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # force: a library may have configured the root logger while being imported.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     for noisy in ("absl", "jax._src", "orbax", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -28,6 +35,15 @@ def run(main: Callable[[], int | None], argv: Sequence[str] | None = None) -> No
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as e:
+        if debug or e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print(
+            f"error: {e.filename or 'a file'}: {e.strerror}; free disk space or fix permissions, "
+            "then re-run the same command (training resumes from its last complete checkpoint)",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_USER_ERROR)
     sys.exit(code or 0)
 

@@ -48,12 +48,17 @@ def _rows(table: data.Table, keep: np.ndarray) -> data.Table:
 def read_train_val(cfg: Any, paths: dict[str, str]) -> tuple[data.Table, data.Table, list[str]]:
     """Training and validation tables and the label map (from the whole training file).
 
-    Without a validation file, 10% of the training rows are held out for validation.
+    Without a validation file, 10% of the training rows are held out for validation. The
+    validation and test files' labels are checked here, before any slow work: a bad test
+    file fails now, not after training.
     """
     train = session.read_table(cfg, paths["train"])
     label_names = data.build_label_map(train)
+    if paths["test"]:
+        data.encode_labels(session.read_table(cfg, paths["test"]), label_names)
     if paths["val"]:
         val = session.read_table(cfg, paths["val"])
+        data.encode_labels(val, label_names)
     else:
         n_val = max(len(set(train.labels)), len(train.texts) // 10)
         train, val = split_table(train, len(train.texts) - n_val, cfg.seed)

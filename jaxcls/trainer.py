@@ -6,6 +6,7 @@ checkpoints and resume, update step, evaluation, loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -31,7 +32,7 @@ from jaxcls import (
     steps,
 )
 from jaxcls import config as config_lib
-from jaxcls.checkpoint import Checkpoints, abstract
+from jaxcls.checkpoint import Checkpoints, abstract, check_same_model, committed_steps
 from jaxcls.errors import UserError
 
 log = logging.getLogger("jaxcls")
@@ -101,13 +102,18 @@ class Trainer:
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
         inputs.check_labels(self.workdir, self.label_names)
+        saved_config = self.workdir / rundir.CONFIG
+        if saved_config.is_file():
+            saved = config_lib.config_from_json(saved_config.read_text(encoding="utf-8"))
+            check_same_model(saved.to_dict(), cfg, self.workdir)
+        if not cfg.train.resume and committed_steps(self.workdir / "checkpoints"):
+            raise UserError(
+                f"{self.workdir / 'checkpoints'} has checkpoints and train.resume is false; train "
+                "into a new workdir (--config.workdir=...) or delete them first"
+            )
 
         # Model and optimizer.
         self.run = session.build(cfg, self.workdir, self.label_names, write_base=self.main)
-        if self.main:
-            rundir.write_atomic(self.workdir / rundir.CONFIG, config_lib.config_to_json(cfg))
-            data.save_labels(self.workdir / rundir.LABELS, self.label_names)
-            rundir.mark_latest(self.workdir)
         self.train_set, self.val_set = self.run.dataset(train_table), self.run.dataset(val_table)
         self.batches = batching.TrainBatches(
             self.train_set, cfg.train.batch_size, cfg.seed, cfg.data.sampler, self.run.pad_id,
@@ -142,15 +148,21 @@ class Trainer:
         # Checkpoints and resume (restored straight into the state's shardings).
         self.ckpts = Checkpoints(
             self.workdir / "checkpoints", cfg.train.best_metric, cfg.train.best_mode,
-            cfg.train.keep_best,
+            cfg.train.keep_best, writer=True,  # every process: Orbax syncs them all
         )  # fmt: skip
         self.metrics_log = rundir.MetricsLog(self.workdir / rundir.METRICS, enabled=self.main)
         self.meta = {"best_value": None, "best_step": None, "bad_evals": 0, "finished": False}
-        latest = self.ckpts.latest_step() if cfg.train.resume else None
+        latest = self.ckpts.latest_step()
         if latest is not None:
             state, self.meta = self.ckpts.restore(latest, abstract(state))
             log.info("resumed from %s", self.ckpts.directory / str(latest))
+        # The run dir's files are written only now that the run is known to fit it, so a
+        # failing command never overwrites a good run's config, labels or metrics.
         self.metrics_log.truncate_after(-1 if latest is None else latest)
+        if self.main:
+            rundir.write_atomic(self.workdir / rundir.CONFIG, config_lib.config_to_json(cfg))
+            data.save_labels(self.workdir / rundir.LABELS, self.label_names)
+            rundir.mark_latest(self.workdir)
 
         # Update step.
         replicated = sharding.replicated(self.mesh)
@@ -206,7 +218,14 @@ class Trainer:
         return better
 
     def save(self, step: int, scores: dict[str, float]) -> None:
-        self.ckpts.save(step, self.state, {**self.meta, "step": step, "metrics": scores})
+        # The open logging window goes with the checkpoint, so that a run resumed between two
+        # logged steps writes the same means as an uninterrupted one.
+        meta = {**self.meta, "step": step, "metrics": scores, "window": self.window}
+        self.ckpts.save(step, self.state, meta)
+
+    def _save_due(self, done: int) -> bool:
+        every = self.cfg.train.save_every
+        return bool(every) and done % every == 0
 
     def _eval_due(self, done: int) -> bool:
         every = self.cfg.train.eval_every
@@ -214,8 +233,7 @@ class Trainer:
             return True
         return done % every == 0 if every else done % self.batches.steps_per_epoch == 0
 
-    def _check_bad_steps(self, done: int) -> None:
-        bad = int(self.state.bad_steps)
+    def _check_bad_steps(self, done: int, bad: int) -> None:
         if bad >= self.cfg.train.max_bad_steps:
             good = self.ckpts.latest_step()
             where = "none" if good is None else self.ckpts.directory / str(good)
@@ -230,11 +248,12 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to the end (or early stop / signal); returns the best validation result."""
         cfg, start = self.cfg, int(self.state.step)
-        sums: dict[str, float] = {}
-        seen, tokens, t0 = 0, 0, None
+        self.window = self.meta.pop("window", None) or {"sums": {}, "seen": 0}
+        tokens, t0 = 0, None
         status = "finished"
         bar = tqdm(total=self.n_steps, initial=start, unit="step", disable=not self.main)
-        with StopFlag() as stop:
+        # Closing the bar on any exit ends its line, so an error message starts a line of its own.
+        with StopFlag() as stop, contextlib.closing(bar):
             for step in range(start, self.n_steps):
                 if self.meta["finished"]:
                     break
@@ -250,25 +269,26 @@ class Trainer:
                     t0 = time.perf_counter()
                 else:
                     tokens += int(batch["attention_mask"].sum())
+                sums, seen = self.window["sums"], self.window["seen"] + 1
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
-                seen += 1
-                self._check_bad_steps(done)
-                if done % cfg.train.log_every == 0 or done == self.n_steps:
+                self.window["seen"] = seen
+                bad = int(self.state.bad_steps)
+                if bad or done % cfg.train.log_every == 0 or done == self.n_steps:
                     record = self._train_record(sums, seen, step, tokens, t0, metrics)
                     self.metrics_log.write(done, "train", record)
                     bar.set_postfix(
                         loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}"
                     )
-                    sums, seen, tokens, t0 = {}, 0, 0, time.perf_counter()
+                    self.window, tokens, t0 = {"sums": {}, "seen": 0}, 0, time.perf_counter()
+                self._check_bad_steps(done, bad)
                 if self._eval_due(done):
                     status = self._evaluate_and_save(done)
-                elif stop.signum is not None:
+                elif stop.signum is not None or self._save_due(done):
                     self.save(done, {})
                 if stop.signum is not None and not self.meta["finished"]:
                     status = "interrupted"
                     break
-        bar.close()
         self.ckpts.close()
         self._report(status, stop.signum)
         return {
@@ -316,8 +336,9 @@ class Trainer:
     def _report(self, status: str, signum: int | None) -> None:
         if status == "interrupted":
             log.warning(
-                "stopped by signal %s after step %d; checkpoint saved in %s; re-run the same "
-                "command to resume", signum, int(self.state.step), self.ckpts.directory,
+                "stopped by %s after step %d; checkpoint saved in %s; re-run the same "
+                "command to resume", signal.Signals(signum).name, int(self.state.step),
+                self.ckpts.directory / str(int(self.state.step)),
             )  # fmt: skip
         elif status == "early_stopped":
             log.info(
