@@ -20,6 +20,8 @@ import os
 import re
 import shutil
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -105,11 +107,17 @@ class Checkpoints:
         if step in self.manager.all_steps():
             self._delete(step)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        threads = set(threading.enumerate())
         try:
             with _errors_told_once():
                 self.manager.save(step, args=args, force=True)
                 self.manager.wait_until_finished()
         except (OSError, ValueError, RuntimeError) as e:  # tensorstore reports I/O as ValueError
+            # The save's other writer threads may still be running: let them end before their
+            # files are removed (else they fail again, reading what was removed).
+            deadline = time.monotonic() + 30
+            for thread in set(threading.enumerate()) - threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
             self._clean_partial()
             good = self.latest_step()
             raise UserError(
@@ -121,8 +129,8 @@ class Checkpoints:
         self._prune()
 
     def _clean_partial(self) -> None:
-        """Best effort: writer threads still finishing may leave files; the next run (a
-        ``writer``) removes them before it starts, and no reader takes them for a step."""
+        """Remove partial saves (what remains is removed by the next run, a ``writer``, before
+        it starts; no reader takes a partial save for a step)."""
         for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -153,7 +161,8 @@ class Checkpoints:
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
         )
         try:
-            out = self.manager.restore(step, args=args)
+            with _errors_told_once():
+                out = self.manager.restore(step, args=args)
         except (ValueError, KeyError, TypeError) as e:
             cause = str(e).splitlines()[0].split(". ")[0][:200]
             raise UserError(
@@ -186,12 +195,12 @@ class Checkpoints:
 
 @contextlib.contextmanager
 def _errors_told_once() -> Iterator[None]:
-    """Keep a failed write's echoes off the console; the UserError raised for it says it once.
+    """Keep a failed save's or restore's echoes off the console; its UserError says it once.
 
-    Orbax's writer threads log their I/O errors, and every pending tensorstore write of the
-    failed save calls back into the save's closed event loop ("Event loop is closed", through
-    ``sys.unraisablehook``), some after the save has returned: the filters stay after a
-    failure (the run ends with it); a successful save removes them.
+    Orbax's writer threads log their I/O errors, and every pending tensorstore operation of
+    the failed call calls back into its closed event loop ("Event loop is closed", through
+    ``sys.unraisablehook``), some after the call has returned: the filters stay after a
+    failure (the run ends with it); a successful call removes them.
     """
     absl, hook, drop = logging.getLogger("absl"), sys.unraisablehook, _DropWriteErrors()
     absl.addFilter(drop)
