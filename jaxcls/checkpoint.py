@@ -114,10 +114,12 @@ class Checkpoints:
                 self.manager.wait_until_finished()
         except (OSError, ValueError, RuntimeError) as e:  # tensorstore reports I/O as ValueError
             # The save's other writer threads may still be running: let them end before their
-            # files are removed (else they fail again, reading what was removed).
+            # files are removed (else they fail again, reading what was removed). Orbax's
+            # threads re-raise their own error from join(): it is this one again.
             deadline = time.monotonic() + 30
             for thread in set(threading.enumerate()) - threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
+                with contextlib.suppress(Exception):
+                    thread.join(max(0.0, deadline - time.monotonic()))
             self._clean_partial()
             good = self.latest_step()
             raise UserError(

@@ -1,8 +1,8 @@
 """End-to-end test helpers: small labelled spreadsheets, and the entry points run as processes.
 
 ``run_entry`` runs ``python train.py ...`` as a plain subprocess. ``Zygote`` runs the same
-scripts much faster: one process imports jaxcls's heavy dependencies once (about 7 s of
-imports on a loaded 2-core machine), without initialising any JAX backend, and forks a child
+scripts much faster: one process imports jaxcls's heavy dependencies once (train.py spends
+7 s importing on this 2-core machine), without initialising any JAX backend, and forks a child
 per run; the child sets its argv, env, cwd and stdio and runs the real script as
 ``__main__``, exits with the script's exit code, and can be signalled or killed like any
 process. Env variables that JAX reads at import (``JAX_*``) must be given to the zygote, not
@@ -99,7 +99,7 @@ def train_args(data: dict[str, Path], workdir: str | os.PathLike, *overrides: st
 
 
 def e2e_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for entry points: offline, the tokenizer cache, plus ``extra``."""
+    """This process's environment, offline and without JAXCLS_DEBUG, plus ``extra``."""
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     env.pop("JAXCLS_DEBUG", None)
@@ -114,7 +114,8 @@ def run_entry(
     timeout: float = 600,
     fsize: int = 0,
 ) -> subprocess.CompletedProcess:
-    """``python <script> <args>`` from the repository root (stdout/stderr captured as text).
+    """``python <script> <args>`` from the repository root (stdout/stderr captured as text);
+    ``script`` may be ``-m module``.
 
     ``fsize`` > 0 limits the size of every file the run writes (RLIMIT_FSIZE, as ``ulimit -f``):
     a write beyond it fails with EFBIG, as a write to a full disk fails with ENOSPC.
@@ -123,8 +124,9 @@ def run_entry(
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))
 
+    command = script.split(" ", 1) if script.startswith("-m ") else [script]
     return subprocess.run(
-        [sys.executable, *script.split(" ", 1 if script.startswith("-m ") else 0), *map(str, args)],
+        [sys.executable, *command, *map(str, args)],
         cwd=REPO,
         env=e2e_env(env),
         capture_output=True,

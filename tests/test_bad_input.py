@@ -35,6 +35,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     rows = e2e.make_rows(4, ("neg", "pos"))
     corrupt = d / "corrupt.xlsx"
     corrupt.write_bytes(os.urandom(3000))
+    (d / "zero.xlsx").write_bytes(b"")
     (d / "a_dir.xlsx").mkdir()
     (d / "notes.txt").write_text("text,label\nhi,pos\n")
     llama = d / "llama"
@@ -43,6 +44,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return {
         "corrupt": corrupt,
         "dir": d / "a_dir.xlsx",
+        "zero": d / "zero.xlsx",
         "txt": d / "notes.txt",
         "header_only": _header_only(d / "header_only.xlsx"),
         "no_text": e2e.write_table(
@@ -80,6 +82,7 @@ def _cases(good: e2e.Reference, f: dict[str, Path], tmp: Path) -> dict:
         "corrupt xlsx": (
             "train.py", train_with(train=f["corrupt"]), {}, [str(f["corrupt"]), "valid .xlsx"],
         ),
+        "zero bytes": ("train.py", train_with(train=f["zero"]), {}, [str(f["zero"]), "is empty"]),
         "no rows": ("train.py", train_with(train=f["header_only"]), {}, ["no data rows"]),
         "no text column": (
             "train.py", train_with(train=f["no_text"]), {}, ["no text column among: body, label"],
