@@ -54,6 +54,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "empty_texts": e2e.write_table(d / "empty.xlsx", [{"text": "", "label": "pos"}] * 3),
         "one_class": e2e.write_table(d / "one.xlsx", e2e.make_rows(4, ("pos",))),
         "unseen": e2e.write_table(d / "unseen.xlsx", rows + [{"text": "meh", "label": "mid"}]),
+        "three": e2e.write_table(d / "three.xlsx", e2e.make_rows(4, ("neg", "pos", "mid"))),
         "llama": llama,
     }
 
@@ -121,6 +122,10 @@ def _cases(good: e2e.Reference, f: dict[str, Path], tmp: Path) -> dict:
         "other adapter shape": (
             "train.py", train_with("--config.lora.rank=8"), {},
             [str(run), "lora.rank=4 (now 8)", "new workdir"],
+        ),
+        "other labels": (
+            "train.py", train_with(train=f["three"]), {},
+            ["labels.json has labels ['neg', 'pos']", "['mid', 'neg', 'pos']", "new workdir"],
         ),
         "resume off": (
             "train.py", train_with("--config.train.resume=false"), {},
