@@ -158,16 +158,22 @@ def make_train_step(
             ((loss, parts), grads), _ = jax.lax.scan(micro, zeros, (jnp.arange(n_micro), batch))
         loss, parts, grads = jax.tree_util.tree_map(lambda x: x / n_micro, (loss, parts, grads))
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
-        trainable = _project_extra(optax.apply_updates(state.trainable, updates), con)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
-            lambda n, o: jnp.where(ok, n, o), new, old
+
+        def update(trainable: PyTree, opt_state: PyTree) -> tuple[PyTree, PyTree]:
+            updates, opt_state = optimizer.update(grads, opt_state, trainable)
+            return _project_extra(optax.apply_updates(trainable, updates), con), opt_state
+
+        # A non-finite step keeps the old state. A cond, not a select over every leaf: the
+        # select cost a pass over each trainable and optimizer leaf and copies of the moments
+        # (a third of the demo step, whose 151936 x 128 embedding trains; benchmarks/NOTES.md).
+        trainable, opt_state = jax.lax.cond(
+            ok, update, lambda t, o: (t, o), state.trainable, state.opt_state
         )
         new_state = state.replace(
             step=state.step + 1,
-            trainable=keep(trainable, state.trainable),
-            opt_state=keep(opt_state, state.opt_state),
+            trainable=trainable,
+            opt_state=opt_state,
             bad_steps=jnp.where(ok, 0, state.bad_steps + 1),
         )
         metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": (~ok).astype(jnp.int32)}
