@@ -326,7 +326,7 @@ def wait_for(predicate, timeout: float, poll: float = 0.005) -> bool:
 # among its training cells, saving at every step.
 _SHARED: dict[str, object] = {}
 REFERENCE_OVERRIDES = (
-    "--config.train.max_steps=12",
+    "--config.train.max_steps=16",  # room for every interruption of test_interrupt
     "--config.train.eval_every=4",
     "--config.train.save_every=1",
     "--config.train.log_every=2",
