@@ -133,11 +133,12 @@ def _threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Ar
 
 
 # The backward of the factored projection is written by hand. Left to autodiff, XLA:CPU
-# fuses the elementwise producers of the output gradient (the SwiGLU backward) into the
+# fused the elementwise producers of the output gradient (the SwiGLU backward) into the
 # transposes that feed the LoRA factor gradients: strided loop fusions that took as long as
-# all the matmuls (benchmarks/NOTES.md). An optimization barrier on the incoming gradient
-# materialises it once; the gradients are plain 2-D matmuls; and the weight gradient is
-# computed only when W is differentiated (a trainable base), never for a frozen kernel.
+# all the matmuls (benchmarks/NOTES.md). Here the gradients are plain 2-D matmuls of the
+# incoming gradient as it is; the LoRA scale goes on the small factors, so no scaled copy
+# of the gradient is made (XLA re-ran the whole SwiGLU backward, dropout mask included, to
+# produce it); and dW is computed only when W is differentiated, never for a frozen kernel.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _lora_dot(x: Array, xa: Array, w: Array, a: Array, b: Array, scale: float) -> Array:
     """``x @ w + scale * (xa @ a) @ b``; ``xa`` is the (dropped-out) input of the LoRA branch."""
@@ -160,14 +161,13 @@ def _lora_dot_bwd(scale, res, g):
     if isinstance(g, jax.custom_derivatives.SymbolicZero):
         return None, None, None, None, None
     lead = g.shape[:-1]
-    g = jax.lax.optimization_barrier(g).reshape(-1, g.shape[-1])  # [N, out]
     flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731  [..., d] -> [N, d]
-    gs = scale * g
+    g = flat(g)  # [N, out]
     dot = jax.lax.dot_general
     tn = ((0,), (0,)), ((), ())  # t1^T @ t2: contract the token axis
     nt = ((1,), (1,)), ((), ())  # t1 @ t2^T, with no transpose of t2 (W stays as it is)
-    gb = dot(flat(u), gs, tn)  # [r, out]
-    gu = dot(gs, b, nt)  # [N, r]
+    gb = scale * dot(flat(u), g, tn)  # [r, out]
+    gu = dot(g, scale * b, nt)  # [N, r]
     ga = dot(flat(xa), gu, tn)  # [in, r]
     gxa = None if a is None else dot(gu, a, nt).reshape(*lead, -1)
     gx = None if w is None else dot(g, w, nt).reshape(*lead, -1)

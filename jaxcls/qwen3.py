@@ -170,11 +170,51 @@ def rope_tables(seq_len: int, head_dim: int, theta: float, dtype: Any) -> tuple[
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
 
-def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-    """x [B, T, N, hd] rotated with HF's ``rotate_half`` convention."""
+def _rotate_half(x: Array) -> Array:
     half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+# RoPE and SwiGLU have hand-written backwards: autodiff of the concatenate/slices in
+# ``rotate_half`` became pad fusions, and the SwiGLU backward several passes over the
+# [tokens, intermediate] arrays (benchmarks/NOTES.md). The forwards are unchanged.
+@jax.custom_vjp
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """x [B, T, N, hd] rotated with HF's ``rotate_half`` convention (cos/sin [T, hd])."""
+    return x * cos[None, :, None, :] + _rotate_half(x) * sin[None, :, None, :]
+
+
+def _apply_rope_fwd(x, cos, sin):
+    return apply_rope(x, cos, sin), (cos, sin)
+
+
+def _apply_rope_bwd(res, g):
+    cos, sin = res
+    # rotate_half is R with R^T = -R, so the input gradient is g * cos - R(g * sin).
+    return g * cos[None, :, None, :] - _rotate_half(g * sin[None, :, None, :]), None, None
+
+
+apply_rope.defvjp(_apply_rope_fwd, _apply_rope_bwd)
+
+
+@jax.custom_vjp
+def swiglu(gate: Array, up: Array) -> Array:
+    """``silu(gate) * up``."""
+    return nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate, up):
+    return swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(res, g):
+    gate, up = res
+    s = jax.nn.sigmoid(gate)
+    # d silu(x) / dx = s * (1 + x * (1 - s)).
+    return g * up * (s * (1 + gate * (1 - s))), g * (gate * s)
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
 def grouped_attention(q: Array, k: Array, v: Array, mask: Array, dtype: Any) -> Array:
@@ -232,7 +272,7 @@ class MLP(nn.Module):
         inter, hidden = self.config.intermediate_size, self.config.hidden_size
         gate = Linear(inter, name="gate_proj", **dense)(x, deterministic)
         up = Linear(inter, name="up_proj", **dense)(x, deterministic)
-        return Linear(hidden, name="down_proj", **dense)(nn.silu(gate) * up, deterministic)
+        return Linear(hidden, name="down_proj", **dense)(swiglu(gate, up), deterministic)
 
 
 class DecoderLayer(nn.Module):
