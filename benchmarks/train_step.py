@@ -123,8 +123,13 @@ def build_torch(s: common.Shape, attn: str):
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[s.dtype]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    model = Qwen3ForSequenceClassification(common.hf_config(s, NUM_LABELS, attn))
-    model = model.to(device=device, dtype=dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in place: a 1.7B model is not made on the host first
+    try:
+        with torch.device(device):
+            model = Qwen3ForSequenceClassification(common.hf_config(s, NUM_LABELS, attn))
+    finally:
+        torch.set_default_dtype(default)
     lora_cfg = LoraConfig(
         task_type="SEQ_CLS", r=s.rank, lora_alpha=common.ALPHA, lora_dropout=common.DROPOUT,
         target_modules=list(common.TARGETS),
@@ -240,6 +245,9 @@ def main() -> None:
     print(f"jaxcls: compile {compile_s:.1f} s ({watch.summary()}), first step {first:.1f} s")
     jax_step()
     rss_jax = common.peak_rss_mb()
+    jax_mem = None
+    if jax.default_backend() == "gpu":
+        jax_mem = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
     compiles_after_warmup = sum(watch.compiles.values())
     if args.profile:
         common.profile(jax_step, args.profile, train_step, jax_args)
@@ -250,6 +258,15 @@ def main() -> None:
         contenders["torch"], torch_info = build_torch(s, attn)
         print(f"torch: attn_implementation={attn}, {torch_info['trainable']:,} trainable params")
     times = alternate(contenders, args.rounds, args.steps)
+    torch_mem = None
+    if args.torch and jax.default_backend() == "gpu":
+        torch_mem = torch.cuda.max_memory_allocated()
+    if jax_mem is not None or torch_mem is not None:
+        mem = {"jax": jax_mem, "torch": torch_mem}
+        print(
+            "peak device memory: "
+            + ", ".join(f"{k} {v / 2**30:.1f} GiB" for k, v in mem.items() if v)
+        )
     recompiles = sum(watch.compiles.values()) - compiles_after_warmup
 
     result = {}
@@ -282,6 +299,8 @@ def main() -> None:
         "recompiles": recompiles,
         "peak_rss_mb": round(rss_jax, 1),
         "peak_rss_mb_with_torch": round(common.peak_rss_mb(), 1),
+        "jax_peak_device_gib": None if jax_mem is None else round(jax_mem / 2**30, 2),
+        "torch_peak_device_gib": None if torch_mem is None else round(torch_mem / 2**30, 2),
         "tune_malloc": args.tune_malloc,
         "load": round(os.getloadavg()[0], 2),
     }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The GPU check of issue 8, in one call on a lent machine (one H100 or H200; JAX with CUDA,
+# PyTorch, transformers and peft installed; nothing is downloaded):
+#
+#   bash benchmarks/gpu.sh            # writes $OUT/gpu_train_step.log (or ./gpu_train_step.log)
+#
+# Qwen3-1.7B's shape with random init, bfloat16, batch x seq = 8 x 512, LoRA rank 16 on all
+# seven projections: the jaxcls training step against transformers + peft (sdpa attention,
+# fused AdamW), alternating in one process. Prints step time, tokens/s, MFU against the bf16
+# matmul peak measured in the same run, and peak device memory of each side; the last line is
+# the JSON summary. Targets: MFU >= 45% and >= 1.3x transformers + peft.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-.}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# JAX and PyTorch share the card: no preallocation of 75% by JAX.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+python -c "import jax, torch; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__, torch.cuda.get_device_name())"
+# 28 unrolled layers compile in about a minute; 2 rounds of 4 steps each side fit in 5 minutes.
+timeout 290 python benchmarks/train_step.py --preset qwen3-1.7b --torch --torch-attn sdpa \
+  --rounds 2 --steps 4 2>&1 | grep -v -i "warn" | tee "$out/gpu_train_step.log"
