@@ -25,6 +25,14 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def run_entry_point(main: Callable[[], int | None]) -> None:
+    """``run(main)`` for a command-line entry point: process settings first, then ``main``."""
+    from jaxcls.runtime import tune_malloc
+
+    tune_malloc()  # before anything starts JAX's CPU client
+    run(main)
+
+
 def run(main: Callable[[], int | None], argv: Sequence[str] | None = None) -> None:
     """Call ``main``; a UserError prints ``error: ...`` and exits 2 (traceback with --debug)."""
     argv = sys.argv if argv is None else argv
