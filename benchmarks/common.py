@@ -7,7 +7,6 @@ LoRA step must compute (frozen kernels need no weight gradient), written from th
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import os
 import platform
@@ -203,20 +202,3 @@ def profile(step: Callable[[], None], trace_dir: str, jitted: Any, args: tuple, 
     for (kind, shape, op), ns in busy.most_common(30):
         share = 100 * ns / total
         print(f"  {ns / 1e6:8.1f} ms {share:5.1f}%  {kind[:22]:22s} {shape[:24]:24s} {op[-70:]}")
-
-
-def tune_malloc() -> bool:
-    """glibc: one malloc arena, no mmap for large blocks, freed memory kept (up to 2 GiB).
-
-    XLA:CPU allocates each execution's scratch buffer (1.3 GB for the cpu-small step) on a
-    worker thread and frees it at the end; glibc serves such a block from a fresh mmap and
-    unmaps it on free, so every step faults in and zeroes every page again (325k page faults,
-    0.5 s of a 3.1 s step on one core, NOTES.md). Must run before JAX starts its CPU client.
-    Documented mallopt parameters (man 3 mallopt); False where the C library is not glibc.
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    mallopt = ctypes.CDLL(None).mallopt
-    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # <malloc.h>
-    settings = ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1))
-    return all(mallopt(param, value) == 1 for param, value in settings)

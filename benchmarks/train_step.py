@@ -1,4 +1,4 @@
-"""Speed of one LoRA training step: jaxcls against transformers + peft, in one process.
+"""Speed of one LoRA training step: jaxcls against transformers + peft, in one run.
 
     python benchmarks/train_step.py --preset cpu-small --torch
     python benchmarks/train_step.py --preset qwen3-1.7b --torch      # on a GPU machine
@@ -7,8 +7,9 @@ jaxcls runs the trainer's own step (``steps.make_train_step``: LoRA on all seven
 focal + simple contrastive loss, AdamW with clipping, jitted with the state donated). PyTorch
 runs ``Qwen3ForSequenceClassification`` + peft LoRA (same rank, alpha, dropout, targets),
 cross-entropy, AdamW on the trainable parameters with the same clipping, with its faster
-attention implementation (sdpa or eager, timed here). The two alternate ``--rounds`` times,
-``--steps`` timed steps each, after warm-up. MFU = the step's matmul FLOPs (counted from the
+attention implementation (sdpa or eager, timed here), in a worker process of its own
+(``worker.py``: each framework with its own process settings). The two alternate ``--rounds``
+times, ``--steps`` timed steps each, after warm-up. MFU = the step's matmul FLOPs (counted from the
 shapes, printed) / the float32 (or bfloat16) matmul peak measured here, the best of JAX and
 PyTorch. The last line is one JSON object.
 """
@@ -28,6 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import torch_side  # noqa: E402
+import worker  # noqa: E402
 
 NUM_LABELS = 4
 
@@ -114,93 +117,45 @@ def jax_stepper(train_step: Any, args: tuple) -> Callable[[], None]:
     return step
 
 
-def build_torch(s: common.Shape, attn: str):
-    """``step()`` of transformers + peft on the same shapes."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import Qwen3ForSequenceClassification
-
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[s.dtype]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # built in place: a 1.7B model is not made on the host first
-    try:
-        with torch.device(device):
-            model = Qwen3ForSequenceClassification(common.hf_config(s, NUM_LABELS, attn))
-    finally:
-        torch.set_default_dtype(default)
-    lora_cfg = LoraConfig(
-        task_type="SEQ_CLS", r=s.rank, lora_alpha=common.ALPHA, lora_dropout=common.DROPOUT,
-        target_modules=list(common.TARGETS),
-    )  # fmt: skip
-    model = get_peft_model(model, lora_cfg)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    fused = device == "cuda" or dtype == torch.float32
-    opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01, fused=fused)
-    host = common.random_batch(s, NUM_LABELS)
-    batch = {k: torch.as_tensor(v, dtype=torch.long).to(device) for k, v in host.items()}
-
-    def step() -> None:
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(3):  # warm-up: the first steps are several times slower
-        step()
-    return step, {"trainable": sum(p.numel() for p in params)}
-
-
-def peaks(s: common.Shape, with_torch: bool) -> dict[str, float]:
-    """Measured matmul FLOP/s of JAX (and PyTorch) at the step's dtype."""
+def peak(s: common.Shape) -> float:
+    """Measured matmul FLOP/s of JAX at the step's dtype."""
     import jax
     import jax.numpy as jnp
 
-    n = 2048 if jax.default_backend() == "cpu" else 8192
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), s.dtype)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(peak_size(), peak_size())), s.dtype)
     mm = jax.jit(lambda a: a @ a)
-    out = {"jax": common.matmul_peak(lambda: mm(x).block_until_ready(), n)}
-    if with_torch:
-        import torch
+    return common.matmul_peak(lambda: mm(x).block_until_ready(), peak_size())
 
-        cuda = torch.cuda.is_available()
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[s.dtype]
-        y = torch.randn(n, n, dtype=dtype, device="cuda" if cuda else "cpu")
-        sync = torch.cuda.synchronize if cuda else (lambda: None)
-        out["torch"] = common.matmul_peak(lambda: (y @ y, sync()), n)
+
+def peak_size() -> int:
+    import jax
+
+    return 2048 if jax.default_backend() == "cpu" else 8192
+
+
+def time_calls(fn: Callable[[], None], n: int) -> list[tuple[float, float]]:
+    """Wall and process CPU seconds of ``n`` calls."""
+    import time
+
+    out = []
+    for _ in range(n):
+        cpu = time.process_time()
+        out.append((common.timed(fn), time.process_time() - cpu))
     return out
 
 
-def alternate(contenders: dict[str, Callable[[], None]], rounds: int, steps: int) -> dict:
-    """Wall and process CPU seconds of each step, the contenders taking turns."""
-    import time
-
+def alternate(contenders: dict[str, Callable[[int], list]], rounds: int, steps: int) -> dict:
+    """Wall and CPU seconds of each step, the contenders taking turns, ``steps`` at a time."""
     times = {name: {"wall": [], "cpu": []} for name in contenders}
     for r in range(rounds):
-        for name, fn in contenders.items():
-            for _ in range(steps):
-                cpu = time.process_time()
-                times[name]["wall"].append(common.timed(fn))
-                times[name]["cpu"].append(time.process_time() - cpu)
+        for name, run in contenders.items():
+            for wall, cpu in run(steps):
+                times[name]["wall"].append(wall)
+                times[name]["cpu"].append(cpu)
         last = {k: statistics.median(v["wall"][-steps:]) for k, v in times.items()}
         line = ", ".join(f"{k} {v:.3f} s" for k, v in last.items())
-        print(f"round {r + 1}: {line} (load {os.getloadavg()[0]:.1f})")
+        print(f"round {r + 1}: {line} (load {os.getloadavg()[0]:.1f})", flush=True)
     return times
-
-
-def pick_torch_attention(s: common.Shape) -> str:
-    """PyTorch's faster attention implementation here, by the best of two steps each."""
-    trial = {}
-    for name in ("sdpa", "eager"):
-        fn, _ = build_torch(s, name)
-        trial[name] = min(common.timed(fn) for _ in range(2))
-    print("torch attention trial: " + ", ".join(f"{k} {v:.3f} s" for k, v in trial.items()))
-    return min(trial, key=trial.get)
 
 
 def main() -> None:
@@ -211,30 +166,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternations jax/torch")
     parser.add_argument(
-        "--tune-malloc", action="store_true",
-        help="glibc malloc settings that keep freed memory (common.tune_malloc); both sides",
+        "--no-tune-malloc", action="store_true",
+        help="leave glibc malloc at its defaults (train.py tunes it: jaxcls.runtime)",
     )  # fmt: skip
     parser.add_argument("--profile", default="", help="dir: write a jax.profiler trace there")
     args = parser.parse_args()
     s = common.shape_from_args(args)
-    if args.tune_malloc:
-        print(f"tune_malloc: {common.tune_malloc()}")
+    from jaxcls.runtime import tune_malloc
+
+    tuned = False if args.no_tune_malloc else tune_malloc()  # as train.py: before JAX starts
+    rival = worker.Worker(torch_side.TrainStep, s, args.torch_attn) if args.torch else None
 
     import jax
 
-    if args.torch:
-        import torch
-
-        torch.set_num_threads(os.cpu_count())
     print(f"machine: {common.machine()}; jax {jax.__version__} on {jax.devices()[0]}")
-    print(f"shape: {s}")
+    print(f"shape: {s}; jaxcls malloc tuned: {tuned}")
     flops = common.step_flops(s)
     step_flops = sum(flops.values())
     parts = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops.items())
     print(f"model FLOPs per step: {step_flops / 1e9:.1f} GFLOP ({parts})")
-    peak = peaks(s, args.torch)
-    best_peak = max(peak.values())
-    print("matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peak.items()))
+    peaks = {"jax": peak(s)}
+    if rival:
+        peaks["torch"] = rival.call("matmul_peak", peak_size())
+    best_peak = max(peaks.values())
+    print("matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
 
     watch = CompileWatch()
     train_step, jax_args = build_jax(s)
@@ -244,47 +199,46 @@ def main() -> None:
     compile_s = watch.seconds
     print(f"jaxcls: compile {compile_s:.1f} s ({watch.summary()}), first step {first:.1f} s")
     jax_step()
-    rss_jax = common.peak_rss_mb()
-    jax_mem = None
-    if jax.default_backend() == "gpu":
-        jax_mem = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
     compiles_after_warmup = sum(watch.compiles.values())
     if args.profile:
         common.profile(jax_step, args.profile, train_step, jax_args)
 
-    contenders = {"jax": jax_step}
-    if args.torch:
-        attn = pick_torch_attention(s) if args.torch_attn == "auto" else args.torch_attn
-        contenders["torch"], torch_info = build_torch(s, attn)
-        print(f"torch: attn_implementation={attn}, {torch_info['trainable']:,} trainable params")
+    contenders = {"jax": lambda n: time_calls(jax_step, n)}
+    if rival:
+        info = rival.call("info")
+        print(f"torch: attn_implementation={info['attn']}, {info['trainable']:,} trainable params")
+        contenders["torch"] = lambda n: rival.call("time_calls", n)
     times = alternate(contenders, args.rounds, args.steps)
-    torch_mem = None
-    if args.torch and jax.default_backend() == "gpu":
-        torch_mem = torch.cuda.max_memory_allocated()
-    if jax_mem is not None or torch_mem is not None:
-        mem = {"jax": jax_mem, "torch": torch_mem}
-        print(
-            "peak device memory: "
-            + ", ".join(f"{k} {v / 2**30:.1f} GiB" for k, v in mem.items() if v)
-        )
     recompiles = sum(watch.compiles.values()) - compiles_after_warmup
+    memory = {"jax": {"peak_rss_mb": common.peak_rss_mb(), "device_bytes": None}}
+    if jax.default_backend() == "gpu":
+        stats = jax.local_devices()[0].memory_stats() or {}
+        memory["jax"]["device_bytes"] = stats.get("peak_bytes_in_use")
+    if rival:
+        memory["torch"] = rival.call("memory")
+        rival.close()
+    print("peak memory: " + "; ".join(describe_memory(k, v) for k, v in memory.items()))
 
     result = {}
     for name, t in times.items():
         med = statistics.median(t["wall"])
-        result[name] = {"step_s": med, "tokens_per_s": s.tokens / med}
         mfu = step_flops / med / best_peak
+        result[name] = {"step_s": med, "tokens_per_s": s.tokens / med, "mfu": mfu}
         print(
             f"{name}: step {common.spread(t['wall'])}, {s.tokens / med:,.0f} tokens/s, "
             f"MFU {mfu:.1%}, CPU {statistics.median(t['cpu']):.2f} s per step"
         )
-        result[name]["mfu"] = mfu
     ratio = None
-    if args.torch:
+    if rival:
         ratio = result["jax"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
         print(f"ratio jaxcls / transformers+peft tokens/s: {ratio:.2f}x")
     print(f"recompilations after warm-up: {recompiles}")
     get = lambda name, key, nd: round(result[name][key], nd) if name in result else None  # noqa: E731
+    gib = lambda name: (  # noqa: E731
+        round(memory[name]["device_bytes"] / 2**30, 2)
+        if name in memory and memory[name]["device_bytes"]
+        else None
+    )
     summary = {
         "jax_tokens_per_s": get("jax", "tokens_per_s", 1),
         "torch_tokens_per_s": get("torch", "tokens_per_s", 1),
@@ -297,14 +251,21 @@ def main() -> None:
         "peak_gflops": round(best_peak / 1e9, 1),
         "compile_s": round(compile_s, 2),
         "recompiles": recompiles,
-        "peak_rss_mb": round(rss_jax, 1),
-        "peak_rss_mb_with_torch": round(common.peak_rss_mb(), 1),
-        "jax_peak_device_gib": None if jax_mem is None else round(jax_mem / 2**30, 2),
-        "torch_peak_device_gib": None if torch_mem is None else round(torch_mem / 2**30, 2),
-        "tune_malloc": args.tune_malloc,
+        "peak_rss_mb": round(memory["jax"]["peak_rss_mb"], 1),
+        "torch_peak_rss_mb": round(memory["torch"]["peak_rss_mb"], 1) if rival else None,
+        "jax_peak_device_gib": gib("jax"),
+        "torch_peak_device_gib": gib("torch"),
+        "tune_malloc": tuned,
         "load": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(summary))
+
+
+def describe_memory(name: str, mem: dict) -> str:
+    text = f"{name} RSS {mem['peak_rss_mb']:,.0f} MB"
+    if mem["device_bytes"]:
+        text += f", device {mem['device_bytes'] / 2**30:.2f} GiB"
+    return text
 
 
 if __name__ == "__main__":
