@@ -1,4 +1,4 @@
-"""Inference throughput: ``Classifier.predict_proba`` against transformers' forward, in one process.
+"""Inference throughput: ``Classifier.predict_proba`` against transformers' forward, in one run.
 
     python benchmarks/predict.py --preset cpu-small --torch
 
@@ -6,14 +6,14 @@ Both sides classify the same texts (``--texts`` of exactly ``--seq`` Qwen tokens
 batches of ``--batch``, tokenization included: jaxcls through ``Classifier.predict_proba``
 with plain (LoRA-merged) weights, PyTorch through the fast tokenizer and
 ``Qwen3ForSequenceClassification`` under ``torch.inference_mode`` with its faster attention
-implementation. The two alternate ``--rounds`` times. The last line is one JSON object.
+implementation, in a worker process of its own (``worker.py``). The two alternate
+``--rounds`` times. The last line is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -23,6 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import torch_side  # noqa: E402
+import worker  # noqa: E402
 
 NUM_LABELS = 4
 WORDS = "the cat sat on a mat and we saw good food in this old town but it was very far".split()
@@ -65,33 +67,6 @@ def build_jax(s: common.Shape, tokenizer: Any) -> Any:
     return Classifier(config, head, merged, tokenizer, labels, s.seq, batch_size=s.batch)
 
 
-def build_torch(s: common.Shape, tokenizer: Any, attn: str) -> Any:
-    """``predict(texts) -> probabilities`` with transformers, batch by batch."""
-    import torch
-    from transformers import Qwen3ForSequenceClassification
-
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[s.dtype]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    model = Qwen3ForSequenceClassification(common.hf_config(s, NUM_LABELS, attn))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model = model.to(device=device, dtype=dtype).eval()
-
-    def predict(texts: list[str]) -> np.ndarray:
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), s.batch):
-                enc = tokenizer(
-                    texts[i : i + s.batch], truncation=True, max_length=s.seq,
-                    padding=True, return_tensors="pt",
-                ).to(device)  # fmt: skip
-                logits = model(**enc).logits.float()
-                out.append(torch.softmax(logits, dim=-1).cpu().numpy())
-        return np.concatenate(out)
-
-    return predict
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_shape_flags(parser)
@@ -100,50 +75,39 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=128, help="texts per timed call")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--tune-malloc", action="store_true",
-        help="glibc malloc settings that keep freed memory (common.tune_malloc); both sides",
+        "--no-tune-malloc", action="store_true",
+        help="leave glibc malloc at its defaults (predict.py tunes it: jaxcls.runtime)",
     )  # fmt: skip
     args = parser.parse_args()
     s = common.shape_from_args(args)
-    if args.tune_malloc:
-        print(f"tune_malloc: {common.tune_malloc()}")
+    from jaxcls.runtime import tune_malloc
+
+    tuned = False if args.no_tune_malloc else tune_malloc()  # as predict.py: before JAX starts
 
     import jax
 
     from jaxcls.backbone import load_tokenizer
     from jaxcls.demo import qwen_tokenizer_dir
 
-    if args.torch:
-        import torch
-
-        torch.set_num_threads(os.cpu_count())
     print(f"machine: {common.machine()}; jax {jax.__version__} on {jax.devices()[0]}")
-    print(f"shape: {s}; {args.texts} texts per call")
+    print(f"shape: {s}; {args.texts} texts per call; jaxcls malloc tuned: {tuned}")
     tokenizer = load_tokenizer(qwen_tokenizer_dir())
     texts = make_texts(tokenizer, args.texts, s.seq)
     clf = build_jax(s, tokenizer)
-    contenders = {"jax": lambda: clf.predict_proba(texts)}
-    first = common.timed(contenders["jax"])  # compiles the one length bucket
+    first = common.timed(lambda: clf.predict_proba(texts))  # compiles the one length bucket
     print(f"jaxcls: first call {first:.1f} s (compile included)")
+    contenders = {"jax": lambda: [common.timed(lambda: clf.predict_proba(texts)) for _ in range(2)]}
+    rival = None
     if args.torch:
-        attn = args.torch_attn
-        if attn == "auto":
-            trial = {}
-            for name in ("sdpa", "eager"):
-                fn = build_torch(s, tokenizer, name)
-                fn(texts[: s.batch])
-                trial[name] = min(common.timed(lambda fn=fn: fn(texts)) for _ in range(2))
-            attn = min(trial, key=trial.get)
-            print("torch attention trial: " + ", ".join(f"{k} {v:.3f} s" for k, v in trial.items()))
-        predict = build_torch(s, tokenizer, attn)
-        predict(texts[: s.batch])
-        contenders["torch"] = lambda: predict(texts)
-        print(f"torch: attn_implementation={attn}")
+        tok_dir = str(qwen_tokenizer_dir())
+        rival = worker.Worker(torch_side.Predict, s, tok_dir, texts, args.torch_attn)
+        print(f"torch: attn_implementation={rival.call('info')['attn']}")
+        contenders["torch"] = lambda: [wall for wall, _ in rival.call("time_calls", 2)]
 
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for r in range(args.rounds):
-        for name, fn in contenders.items():
-            times[name] += [common.timed(fn) for _ in range(2)]
+        for name, run in contenders.items():
+            times[name] += run()
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()))
     result: dict[str, Any] = {}
     for name, ts in times.items():
@@ -153,11 +117,14 @@ def main() -> None:
         rate = args.texts / med
         print(f"{name}: {common.spread(ts)} per {args.texts} texts, {rate:,.1f} texts/s, "
               f"{rate * s.seq:,.0f} tokens/s")  # fmt: skip
-    if args.torch:
+    if rival:
         result["ratio"] = round(result["jax_tokens_per_s"] / result["torch_tokens_per_s"], 3)
         print(f"ratio jaxcls / transformers tokens/s: {result['ratio']:.2f}x")
-        np.testing.assert_allclose(contenders["jax"]().sum(-1), 1.0, rtol=1e-5)
+        result["torch_peak_rss_mb"] = round(rival.call("memory")["peak_rss_mb"], 1)
+        rival.close()
+    np.testing.assert_allclose(clf.predict_proba(texts).sum(-1), 1.0, rtol=1e-5)
     result["peak_rss_mb"] = round(common.peak_rss_mb(), 1)
+    result["tune_malloc"] = tuned
     print(json.dumps(result))
 
 
