@@ -171,9 +171,12 @@ def _lora_dot_bwd(scale, res, g):
     tn = ((0,), (0,)), ((), ())  # t1^T @ t2: contract the token axis
     nt = ((1,), (1,)), ((), ())  # t1 @ t2^T, with no transpose of t2 (W stays as it is)
     gb = scale * dot(flat(u), g, tn)  # [r, out]
-    gu = dot(g, scale * b, nt)  # [N, r]
-    ga = dot(flat(xa), gu, tn)  # [in, r]
-    gxa = None if a is None else dot(gu, a, nt).reshape(*lead, -1)
+    gu = dot(g, b, nt)  # [N, r], unscaled
+    # dA^T = gu^T @ xa ([r, in]) runs 3-4x faster on XLA:CPU than dA = xa^T @ gu ([in, r]:
+    # a generic dot at ~30 GFLOP/s). The scale between the dot and the transpose keeps XLA
+    # from folding the transpose back into the dot (it does fold a bare transpose).
+    ga = (scale * dot(gu, flat(xa), tn)).T  # [in, r]
+    gxa = None if a is None else dot(gu, scale * a, nt).reshape(*lead, -1)
     gx = None if w is None else dot(g, w, nt).reshape(*lead, -1)
     gw = None if x is None else dot(flat(x), g, tn)
     return gx, gxa, gw, ga, gb

@@ -1,7 +1,8 @@
 """The performance rewrites compute what the plain formulas compute, and the step compiles once.
 
 - ``lora.factored_matmul`` (a custom VJP with a hand-written backward) against autodiff of
-  ``x @ W + scale * (dropout(x) @ A) @ B``, for a frozen and for a trainable W;
+  ``x @ W + scale * (dropout(x) @ A) @ B``, for a frozen and for a trainable W, and the
+  orientation of its dA product in the compiled HLO;
 - ``lora.bernoulli`` (the unrolled threefry dropout mask) against ``jax.random.bernoulli``;
 - ``qwen3.grouped_attention`` against a NumPy loop over heads;
 - the trainer's jitted step traces once per length bucket (``chex.assert_max_traces``).
@@ -94,7 +95,22 @@ def test_weight_gradient_only_when_the_kernel_is_differentiated():
     trained = dot_shapes(jax.grad(loss, argnums=(0, 1, 2, 3)), x, w, a, b)
     assert (N_IN, N_OUT) not in frozen
     assert trained.count((N_IN, N_OUT)) == 1
-    assert (N_IN, RANK) in frozen and (RANK, N_OUT) in frozen  # dA and dB are there
+    # dA (computed transposed: [r, in] runs faster on XLA:CPU) and dB are there.
+    assert (RANK, N_IN) in frozen and (RANK, N_OUT) in frozen
+
+
+def compiled_dot_shapes(fn, *args) -> list[str]:
+    """Output shapes (``f32[3,24]``) of every dot in ``fn``'s compiled HLO."""
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    return [line.split(" = ")[1].split("{")[0] for line in hlo.splitlines() if " dot(" in line]
+
+
+def test_lora_a_gradient_stays_in_the_fast_orientation_after_compilation():
+    # XLA folds a bare transpose into the dot, which would bring back the slow [in, r] form.
+    x, w, a, b, ct = operands(lead=(64,))
+    loss = lambda x, a, b: jnp.vdot(custom(x, w, a, b, None, 0.0), ct)  # noqa: E731
+    shapes = compiled_dot_shapes(jax.grad(loss, argnums=(0, 1, 2)), x, a, b)
+    assert f"f32[{RANK},{N_IN}]" in shapes and f"f32[{N_IN},{RANK}]" not in shapes
 
 
 @pytest.mark.parametrize("p", [0.95, 0.5, 1 / 3, 1.0])
