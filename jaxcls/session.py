@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls import backbone, batching, data, lora, peft_io, steps
+from jaxcls import backbone, batching, data, lora, peft_io, steps, warmstart
 from jaxcls.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.errors import UserError
 from jaxcls.qwen3 import Qwen3Config
@@ -108,7 +108,7 @@ def build(
     adapters = lora.init(loaded.params, lora_cfg, jax.random.PRNGKey(cfg.seed + 1))
     if cfg.lora.init_from and warm_start:
         base_labels = loaded.id2label and [loaded.id2label[i] for i in sorted(loaded.id2label)]
-        adapters, score = peft_io.init_from(
+        adapters, score = warmstart.init_from(
             cfg.lora.init_from, loaded.params, lora_cfg, adapters, label_names, cfg.model.path,
             base_labels,
         )  # fmt: skip
