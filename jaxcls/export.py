@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -172,9 +170,7 @@ def write(run: Any, fmt: str, out: Path, dtype: str | None = None) -> Path:
     left += [f"extra/{k}" for k in run.trainable.get("extra", {})]
     if left:
         log.info("not exported (training only): %s", ", ".join(left))
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with modeldir.atomic_dir(out) as tmp:
         if fmt == "merged":
             params = jax.device_get(run.merged_params())
             dtype = dtype or _param_dtype(params)
@@ -188,12 +184,6 @@ def write(run: Any, fmt: str, out: Path, dtype: str | None = None) -> Path:
                 base = str(out / "base")
                 log.info("the run's base is not a Hugging Face dir: written to %s", base)
             write_peft(tmp, run, base)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -8,10 +8,12 @@ converts it in memory, so ``model.path`` may point at either.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,22 @@ def check_out_dir(out: Path) -> None:
         raise UserError(f"{out}: already exists and is not empty; remove it or pick another --out")
 
 
+@contextlib.contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """A fresh ``OUT.tmp-<pid>`` to build in: renamed to ``out`` (absent or empty) when the
+    block completes, removed when it fails, so ``out`` is never left half-written."""
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()  # empty: check_out_dir
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_model(
     out: str | os.PathLike,
     config: Qwen3Config,
@@ -81,9 +99,7 @@ def write_model(
     # Orbax needs absolute paths.
     out = Path(out).absolute()
     check_out_dir(out)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out) as tmp:
         tmp.mkdir(parents=True)
         meta = {
             "format": FORMAT,
@@ -97,12 +113,6 @@ def write_model(
         for f in tokenizer_files(Path(tokenizer_dir)) if tokenizer_dir else []:
             shutil.copy2(f, tmp / f.name)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
