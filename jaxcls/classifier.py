@@ -16,12 +16,16 @@ Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def last_token(attention_mask: Array) -> Array:
+    """Index [B] of each row's last real token (HF's seq-cls rule; 0 for an empty row)."""
+    return jnp.maximum(jnp.sum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
 def pool(hidden: Array, attention_mask: Array, how: str) -> Array:
     """Pool [B, T, D] -> [B, D]: ``last`` real token (HF's seq-cls rule) or ``mean``."""
     mask = attention_mask.astype(jnp.int32)
     if how == "last":
-        last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
-        return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0, :]
+        return jnp.take_along_axis(hidden, last_token(mask)[:, None, None], axis=1)[:, 0, :]
     if how == "mean":
         m = mask[..., None].astype(jnp.float32)
         total = jnp.sum(hidden.astype(jnp.float32) * m, axis=1)
@@ -86,11 +90,17 @@ class Qwen3Classifier(nn.Module):
         backbone = Qwen3Model(
             self.config, dtype=dtype, param_dtype=param_dtype, remat=self.head.remat, name="model"
         )
-        hidden, hidden_states = backbone(input_ids, attention_mask, deterministic)
-        pooled = pool(hidden, attention_mask, self.head.pooling)
+        # Last-token pooling reads one position of the last layer: only that one is computed.
+        how = self.head.pooling
+        rows = last_token(attention_mask) if how == "last" else None
+        hidden, hidden_states = backbone(input_ids, attention_mask, deterministic, rows)
+        pooled = hidden[:, 0] if rows is not None else pool(hidden, attention_mask, how)
         score = Linear(self.head.num_labels, dtype=dtype, param_dtype=param_dtype, name="score")
         logits = score(pooled).astype(jnp.float32)
-        features = pool(hidden_states[self.head.feature_layer], attention_mask, self.head.pooling)
+        layer = self.head.feature_layer % len(hidden_states)
+        features = pooled
+        if layer != len(hidden_states) - 1:  # an earlier layer: computed in full
+            features = pool(hidden_states[layer], attention_mask, how)
         features = features.astype(jnp.float32)
         if self.head.projection_dim > 0:
             hidden = self.config.hidden_size

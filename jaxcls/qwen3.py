@@ -178,10 +178,15 @@ def _rotate_half(x: Array) -> Array:
 # RoPE and SwiGLU have hand-written backwards: autodiff of the concatenate/slices in
 # ``rotate_half`` became pad fusions, and the SwiGLU backward several passes over the
 # [tokens, intermediate] arrays (benchmarks/NOTES.md). The forwards are unchanged.
+def _heads_axis(table: Array) -> Array:
+    """cos/sin [T, hd] (shared) or [B, T, hd] (per sequence) -> broadcastable to [B, T, N, hd]."""
+    return table[None, :, None, :] if table.ndim == 2 else table[:, :, None, :]
+
+
 @jax.custom_vjp
 def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-    """x [B, T, N, hd] rotated with HF's ``rotate_half`` convention (cos/sin [T, hd])."""
-    return x * cos[None, :, None, :] + _rotate_half(x) * sin[None, :, None, :]
+    """x [B, T, N, hd] rotated with HF's ``rotate_half`` convention (cos/sin [T or B,T, hd])."""
+    return x * _heads_axis(cos) + _rotate_half(x) * _heads_axis(sin)
 
 
 def _apply_rope_fwd(x, cos, sin):
@@ -191,7 +196,7 @@ def _apply_rope_fwd(x, cos, sin):
 def _apply_rope_bwd(res, g):
     cos, sin = res
     # rotate_half is R with R^T = -R, so the input gradient is g * cos - R(g * sin).
-    return g * cos[None, :, None, :] - _rotate_half(g * sin[None, :, None, :]), None, None
+    return g * _heads_axis(cos) - _rotate_half(g * _heads_axis(sin)), None, None
 
 
 apply_rope.defvjp(_apply_rope_fwd, _apply_rope_bwd)
@@ -215,6 +220,12 @@ def _swiglu_bwd(res, g):
 
 
 swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
+def take_rows(x: Array, rows: Array) -> Array:
+    """``x[b, rows[b]]`` kept as a length-1 sequence: [B, T, ...] -> [B, 1, ...]."""
+    index = rows.reshape(-1, *([1] * (x.ndim - 1)))
+    return jnp.take_along_axis(x, index, axis=1)
 
 
 def grouped_attention(q: Array, k: Array, v: Array, mask: Array, dtype: Any) -> Array:
@@ -244,18 +255,26 @@ class Attention(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, deterministic: bool) -> Array:
+    def __call__(
+        self, x: Array, mask: Array, cos: Array, sin: Array, deterministic: bool,
+        rows: Array | None = None,
+    ) -> Array:  # fmt: skip
+        """[B, T, D] -> [B, T, D]; with ``rows`` [B], only those queries: [B, 1, D]."""
         cfg = self.config
         n_heads, n_kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         norm = dict(eps=cfg.rms_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
         b, t, _ = x.shape
-        q = Linear(n_heads * hd, name="q_proj", **dense)(x, deterministic)
+        q_cos, q_sin, xq = cos, sin, x
+        if rows is not None:
+            q_cos, q_sin = cos[rows][:, None], sin[rows][:, None]
+            xq, mask = take_rows(x, rows), take_rows(mask, rows)
+        q = Linear(n_heads * hd, name="q_proj", **dense)(xq, deterministic)
         k = Linear(n_kv * hd, name="k_proj", **dense)(x, deterministic)
         v = Linear(n_kv * hd, name="v_proj", **dense)(x, deterministic)
-        q, k = q.reshape(b, t, n_heads, hd), k.reshape(b, t, n_kv, hd)
+        q, k = q.reshape(b, xq.shape[1], n_heads, hd), k.reshape(b, t, n_kv, hd)
         v = v.reshape(b, t, n_kv, hd)
-        q = apply_rope(RMSNorm(name="q_norm", **norm)(q), cos, sin)
+        q = apply_rope(RMSNorm(name="q_norm", **norm)(q), q_cos, q_sin)
         k = apply_rope(RMSNorm(name="k_norm", **norm)(k), cos, sin)
         out = grouped_attention(q, k, v, mask, self.dtype)
         return Linear(cfg.hidden_size, name="o_proj", **dense)(out, deterministic)
@@ -281,11 +300,17 @@ class DecoderLayer(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, h: Array, mask: Array, cos: Array, sin: Array, deterministic: bool) -> Array:
+    def __call__(
+        self, h: Array, mask: Array, cos: Array, sin: Array, deterministic: bool,
+        rows: Array | None = None,
+    ) -> Array:  # fmt: skip
+        """[B, T, D] -> [B, T, D]; with ``rows`` [B], only those positions' outputs [B, 1, D]."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         eps = self.config.rms_norm_eps
         x = RMSNorm(eps, name="input_layernorm", **kw)(h)
-        h = h + Attention(self.config, name="self_attn", **kw)(x, mask, cos, sin, deterministic)
+        attention = Attention(self.config, name="self_attn", **kw)
+        attn = attention(x, mask, cos, sin, deterministic, rows)
+        h = (h if rows is None else take_rows(h, rows)) + attn
         x = RMSNorm(eps, name="post_attention_layernorm", **kw)(h)
         return h + MLP(self.config, name="mlp", **kw)(x, deterministic)
 
@@ -295,6 +320,10 @@ class Qwen3Model(nn.Module):
 
     ``hidden_states`` follows HF's ``output_hidden_states``: index 0 is the embeddings,
     index k the output of decoder layer k, and the last entry the final normed state.
+    With ``last_rows`` [B] (e.g. each text's last token), the last layer computes only those
+    positions: the final state and the last entry of ``hidden_states`` are [B, 1, D], the
+    same values as the full computation at those rows, without the work for the others
+    (1/L of the model: the last layer's queries, o_proj and MLP at every other position).
     """
 
     config: Qwen3Config
@@ -304,8 +333,9 @@ class Qwen3Model(nn.Module):
 
     @nn.compact
     def __call__(
-        self, input_ids: Array, attention_mask: Array, deterministic: bool = True
-    ) -> tuple[Array, tuple[Array, ...]]:
+        self, input_ids: Array, attention_mask: Array, deterministic: bool = True,
+        last_rows: Array | None = None,
+    ) -> tuple[Array, tuple[Array, ...]]:  # fmt: skip
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         embed = nn.Embed(
@@ -324,7 +354,8 @@ class Qwen3Model(nn.Module):
         layer_cls = nn.remat(DecoderLayer, static_argnums=(5,)) if self.remat else DecoderLayer
         hidden_states = [h]
         for i in range(cfg.num_hidden_layers):
-            h = layer_cls(cfg, name=f"layers_{i}", **kw)(h, mask, cos, sin, deterministic)
+            rows = last_rows if i == cfg.num_hidden_layers - 1 else None
+            h = layer_cls(cfg, name=f"layers_{i}", **kw)(h, mask, cos, sin, deterministic, rows)
             hidden_states.append(h)
         h = RMSNorm(cfg.rms_norm_eps, name="norm", **kw)(h)
         hidden_states[-1] = h

@@ -5,6 +5,7 @@
   orientation of its dA product in the compiled HLO;
 - ``lora.bernoulli`` (the unrolled threefry dropout mask) against ``jax.random.bernoulli``;
 - ``qwen3.grouped_attention`` against a NumPy loop over heads;
+- the last layer computed at the pooled rows only against the full model (values, gradients);
 - the trainer's jitted step traces once per length bucket (``chex.assert_max_traces``).
 """
 
@@ -150,6 +151,37 @@ def test_grouped_attention_matches_numpy_heads_loop():
             p = np.exp(s - s.max(-1, keepdims=True))
             want[i, :, h] = (p / p.sum(-1, keepdims=True)) @ v[i, :, kh]
     np.testing.assert_allclose(got, want.reshape(b, t, n * hd), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_last_layer_at_pooled_rows_matches_the_full_model(remat):
+    """Values and parameter gradients of the rows-only last layer equal the full model's."""
+    config = qwen3.Qwen3Config(
+        vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+    )  # fmt: skip
+    model = qwen3.Qwen3Model(config, remat=remat)
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(1, 50, (3, 7)), jnp.int32)
+    mask = jnp.asarray(np.arange(7)[None, :] < np.array([[7], [4], [1]]), jnp.int32)
+    rows = jnp.array([6, 3, 0])
+    params = model.init(jax.random.key(0), ids, mask)
+    probe = jnp.asarray(rng.normal(size=(3, 32)), jnp.float32)
+
+    def readout(params, last_rows):
+        h, states = model.apply(params, ids, mask, True, last_rows)
+        at_rows = h[:, 0] if last_rows is not None else h[jnp.arange(3), rows]
+        return jnp.sum(at_rows * probe), (at_rows, states)
+
+    (_, (full, full_states)), full_grads = jax.value_and_grad(readout, has_aux=True)(params, None)
+    (_, (part, states)), grads = jax.value_and_grad(readout, has_aux=True)(params, rows)
+    assert states[-1].shape == (3, 1, 32) and full_states[-1].shape == (3, 7, 32)
+    np.testing.assert_allclose(part, full, rtol=1e-5, atol=1e-6)
+    for earlier, want in zip(states[:-1], full_states[:-1], strict=True):  # computed in full
+        np.testing.assert_array_equal(earlier, want)
+    leaves = jax.tree_util.tree_leaves_with_path(grads)
+    for (path, got), want in zip(leaves, jax.tree_util.tree_leaves(full_grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=str(path))
 
 
 def test_train_step_traces_once_per_length_bucket():
