@@ -82,31 +82,31 @@ def shape_from_args(args: argparse.Namespace) -> Shape:
     return Shape(**values)
 
 
-def step_flops(s: Shape, train: bool = True) -> dict[str, float]:
+def step_flops(s: Shape, train: bool = True, pooled_last_layer: bool = False) -> dict[str, float]:
     """Matmul FLOPs of one LoRA training step (or one forward), by part.
 
     Forward: 2 * tokens * in * out per projection, QK^T and PV of causal-free dense attention
     (both implementations compute the full T x T scores), rank-r LoRA factors. Backward: the
     input gradient of every projection except layer 0's q/k/v (their input is the frozen
     embedding, so no gradient flows there), 2x the attention matmuls, and dA, dB and the
-    LoRA input gradients. No weight gradient of the frozen kernels.
+    LoRA input gradients. No weight gradient of the frozen kernels. ``pooled_last_layer``:
+    the last layer computes its queries, o_proj and MLP at one token per text (jaxcls with
+    last-token pooling; transformers computes every position).
     """
-    n = s.tokens
-    proj = s.projections()
-    dense_fwd = s.layers * sum(2 * n * i * o for i, o in proj.values())
-    lora_fwd = s.layers * sum(2 * n * s.rank * (i + o) for i, o in proj.values())
-    attn_fwd = s.layers * 2 * (2 * s.batch * s.heads * s.seq * s.seq * s.head_dim)
-    parts = {"dense": float(dense_fwd), "lora": float(lora_fwd), "attention": float(attn_fwd)}
-    if not train:
-        return parts
-    qkv0 = sum(2 * n * i * o for k, (i, o) in proj.items() if k in ("q_proj", "k_proj", "v_proj"))
-    qkv0_lora = sum(
-        2 * n * s.rank * i for k, (i, o) in proj.items() if k in ("q_proj", "k_proj", "v_proj")
-    )
-    parts["dense"] += dense_fwd - qkv0
-    # dB and d(xA) from the output gradient, dA from x, dx from d(xA) (not for layer-0 q/k/v).
-    parts["lora"] += 2 * lora_fwd - qkv0_lora
-    parts["attention"] += 2 * attn_fwd
+    parts = {"dense": 0.0, "lora": 0.0, "attention": 0.0}
+    passes = 3 if train else 1  # forward, plus input gradient and LoRA/attention gradients
+    for layer in range(s.layers):
+        queries = 1 if pooled_last_layer and layer == s.layers - 1 else s.seq
+        for name, (i, o) in s.projections().items():
+            rows = s.batch * (s.seq if name in ("k_proj", "v_proj") else queries)
+            dense, lora = 2.0 * rows * i * o, 2.0 * rows * s.rank * (i + o)
+            embedding_input = layer == 0 and name in ("q_proj", "k_proj", "v_proj")
+            parts["dense"] += dense * (1 if not train or embedding_input else 2)
+            # LoRA backward: dB and d(xA) (2 * rows * r * out), dA and d(x) (2 * rows * r * in).
+            parts["lora"] += lora * passes - (
+                2.0 * rows * s.rank * i if train and embedding_input else 0
+            )
+        parts["attention"] += passes * 2 * (2.0 * s.batch * s.heads * queries * s.seq * s.head_dim)
     return parts
 
 
