@@ -13,6 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# jaxcls from this checkout, installed or not (the torch worker process inherits this too).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+python -c "import jaxcls.steps, jaxcls.classifier, jaxcls.config, torch, transformers, peft" || {
+  echo "gpu.sh: a package above is missing here; pip install -e '.[test]' first" >&2; exit 2; }
 # JAX and PyTorch share the card: no preallocation of 75% by JAX.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
