@@ -282,10 +282,12 @@ class Trainer:
                     )
                     self.window, tokens, t0 = {"sums": {}, "seen": 0}, 0, time.perf_counter()
                 self._check_bad_steps(done, bad)
+                paused = time.perf_counter()
                 if self._eval_due(done):
                     status = self._evaluate_and_save(done)
                 elif stop.signum is not None or self._save_due(done):
                     self.save(done, {})
+                t0 += time.perf_counter() - paused  # tokens/s: validating and saving excluded
                 if stop.signum is not None and not self.meta["finished"]:
                     status = "interrupted"
                     break

@@ -174,3 +174,32 @@ def test_pictures_are_readable_images(run, name):
     # Not blank: a real share of pixels differs from the background (the corner).
     rgb = pixels[..., :3]
     assert np.mean(np.any(np.abs(rgb - rgb[0, 0]) > 0.1, axis=-1)) > 0.02
+
+
+def test_tokens_per_s_leaves_out_validation_time(tmp_path, monkeypatch):
+    """A slow validation (1 s here) does not count as training time in the next window."""
+    import time
+
+    evaluate_and_save = trainer.Trainer._evaluate_and_save
+
+    def slow(self, done):
+        time.sleep(1.0)
+        return evaluate_and_save(self, done)
+
+    monkeypatch.setattr(trainer.Trainer, "_evaluate_and_save", slow)
+    files = {s: write_split(tmp_path / f"{s}.xlsx", 6, i) for i, s in enumerate(["train", "val"])}
+    overrides = [
+        f"workdir={tmp_path / 'run'}",
+        *(f"data.{split}={path}" for split, path in files.items()),
+        "data.max_length=16",
+        "model.train_base=false",
+        "train.max_steps=3",
+        "train.eval_every=1",
+        "train.log_every=1",
+    ]
+    result = trainer.train_and_evaluate(load_config(TINY, overrides))
+    after_validation = events(Path(result["workdir"]), "train")[1:]  # step 1 compiles
+    assert len(after_validation) == 2
+    most_tokens = 8 * 16  # batch x max_length per step
+    for e in after_validation:  # with the 1 s inside: under most_tokens tokens/s
+        assert e["tokens_per_s"] > 2 * most_tokens
