@@ -146,6 +146,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.template = ""
     # Batch sampler: "random" or "balanced" (P classes x K samples, so every anchor has positives).
     config.data.sampler = "random"
+    # Each length bucket (16, 32, 64, ... max_length tokens) compiles the training step once; a
+    # bucket fewer than this many batches of an epoch would use is padded up to the next one.
+    config.data.min_bucket_batches = 8
     # Use at most this many training rows (seeded, stratified choice); 0 = all.
     config.data.max_train_samples = 0
 

@@ -104,8 +104,16 @@ def buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:
     return (*sizes, max_length)
 
 
-def collate(dataset: Dataset, indices: np.ndarray, pad: int, max_length: int) -> Batch:
-    """One batch from sample indices; -1 marks a padding row."""
+def bucket_of(longest: int, max_length: int) -> int:
+    """The smallest bucket that holds ``longest`` tokens."""
+    return next(b for b in buckets(max_length) if b >= longest)
+
+
+def collate(
+    dataset: Dataset, indices: np.ndarray, pad: int, max_length: int, width: int | None = None
+) -> Batch:
+    """One batch from sample indices; -1 marks a padding row. ``width``: pad to this bucket
+    instead of the smallest one that holds the batch (see :func:`merge_rare_buckets`)."""
     indices = np.asarray(indices)
     valid = indices >= 0
     if not valid.any():
@@ -113,7 +121,9 @@ def collate(dataset: Dataset, indices: np.ndarray, pad: int, max_length: int) ->
     rows = np.where(valid, indices, indices[valid][0])
     seqs = [dataset.ids[i] for i in rows]
     longest = max(len(s) for s in seqs)
-    width = next(b for b in buckets(max_length) if b >= longest)
+    width = width or bucket_of(longest, max_length)
+    if width < longest:
+        raise ValueError(f"width {width} < the batch's longest sequence ({longest} tokens)")
     input_ids = np.full((len(rows), width), pad, dtype=np.int32)
     attention_mask = np.zeros((len(rows), width), dtype=np.int32)
     for r, seq in enumerate(seqs):
@@ -189,18 +199,39 @@ def epoch_plan(
     return plan
 
 
+def merge_rare_buckets(widths: np.ndarray, min_batches: int) -> np.ndarray:
+    """``widths`` with each bucket used by fewer than ``min_batches`` batches raised to the
+    next larger bucket that stays (the largest always stays).
+
+    Every bucket costs one compilation of the training step (about a minute for a 1.7B model
+    on a GPU); a bucket that a handful of batches use, such as the short last batch of an
+    epoch, costs more to compile than its padding saves.
+    """
+    values, counts = np.unique(widths, return_counts=True)
+    kept = values[(counts >= min_batches) | (values == values.max())]
+    return kept[np.searchsorted(kept, widths)]
+
+
 class TrainBatches:
-    """Training batches by absolute step: epoch = step // steps_per_epoch (exact resume)."""
+    """Training batches by absolute step: epoch = step // steps_per_epoch (exact resume).
+
+    Each batch is padded to its length bucket, except buckets that fewer than
+    ``min_bucket_batches`` batches of the epoch use: those batches take the next larger bucket
+    that stays (:func:`merge_rare_buckets`). The choice is a function of the epoch's plan, so a
+    resumed run pads every batch as the uninterrupted run did.
+    """
 
     def __init__(
-        self, dataset: Dataset, batch_size: int, seed: int, sampler: str, pad: int, max_length: int
-    ):
+        self, dataset: Dataset, batch_size: int, seed: int, sampler: str, pad: int,
+        max_length: int, min_bucket_batches: int = 1,
+    ):  # fmt: skip
         if dataset.labels is None:
             raise ValueError("training needs a labelled dataset")
         self.dataset, self.batch_size, self.seed, self.sampler = dataset, batch_size, seed, sampler
-        self.pad, self.max_length = pad, max_length
+        self.pad, self.max_length, self.min_bucket_batches = pad, max_length, min_bucket_batches
         self.steps_per_epoch = steps_per_epoch(len(dataset), batch_size)
         self._epoch, self._plan = -1, np.empty((0, batch_size), dtype=np.int64)
+        self._widths = np.empty(0, dtype=np.int64)
         if sampler == "balanced":
             classes, counts = np.unique(dataset.labels, return_counts=True)
             p, k = balanced_shape(len(classes), batch_size)
@@ -214,15 +245,27 @@ class TrainBatches:
 
     def indices(self, step: int) -> np.ndarray:
         """Sample indices of batch ``step`` (-1 = padding row)."""
+        return self._plan_of(step)[0]
+
+    def width(self, step: int) -> int:
+        """The length bucket batch ``step`` is padded to."""
+        return self._plan_of(step)[1]
+
+    def _plan_of(self, step: int) -> tuple[np.ndarray, int]:
         epoch, b = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             labels = self.dataset.labels
             self._plan = epoch_plan(labels, self.batch_size, self.seed, epoch, self.sampler)
+            lengths = self.dataset.lengths
+            longest = [lengths[row[row >= 0]].max() for row in self._plan]
+            own = np.array([bucket_of(n, self.max_length) for n in longest])
+            self._widths = merge_rare_buckets(own, self.min_bucket_batches)
             self._epoch = epoch
-        return self._plan[b]
+        return self._plan[b], int(self._widths[b])
 
     def __call__(self, step: int) -> Batch:
-        return collate(self.dataset, self.indices(step), self.pad, self.max_length)
+        indices, width = self._plan_of(step)
+        return collate(self.dataset, indices, self.pad, self.max_length, width)
 
 
 def eval_batches(dataset: Dataset, batch_size: int, pad: int, max_length: int) -> Iterator[Batch]:

@@ -30,7 +30,8 @@ _POSITIVE = (
     "model.hidden_size model.num_layers model.num_heads model.num_kv_heads model.head_dim "
     "model.intermediate_size lora.rank lora.alpha contrastive.temperature "
     "contrastive.base_temperature contrastive.temperature_end contrastive.temperature_min "
-    "contrastive.temperature_max data.max_length optim.lr optim.accumulate train.batch_size "
+    "contrastive.temperature_max data.max_length data.min_bucket_batches optim.lr "
+    "optim.accumulate train.batch_size "
     "train.eval_batch_size train.log_every train.keep_best train.max_bad_steps mesh.fsdp"
 ).split()
 _NON_NEGATIVE = (

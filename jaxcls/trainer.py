@@ -117,7 +117,7 @@ class Trainer:
         self.train_set, self.val_set = self.run.dataset(train_table), self.run.dataset(val_table)
         self.batches = batching.TrainBatches(
             self.train_set, cfg.train.batch_size, cfg.seed, cfg.data.sampler, self.run.pad_id,
-            cfg.data.max_length,
+            cfg.data.max_length, cfg.data.min_bucket_batches,
         )  # fmt: skip
         self.n_steps = total_steps(cfg, self.batches.steps_per_epoch)
         self.optimizer = steps.make_optimizer(cfg.optim, self.n_steps)

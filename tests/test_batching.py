@@ -229,3 +229,30 @@ def test_train_batches_by_step_resume_exactly(sampler):
     for step, batch in enumerate(straight):
         plan = batching.epoch_plan(ds.labels, 4, 5, step // spe, sampler)
         check_batch(batch, ds, plan[step % spe], pad=1, max_length=40)
+
+
+def test_rare_buckets_are_padded_up_to_the_next_kept_one():
+    widths = np.array([16, 128, 128, 32, 128, 64, 64, 16])
+    # 16 and 64 have two batches each and stay; 32 has one and goes up to 64.
+    np.testing.assert_array_equal(
+        batching.merge_rare_buckets(widths, 2), [16, 128, 128, 64, 128, 64, 64, 16]
+    )
+    # Only the largest bucket is always kept.
+    np.testing.assert_array_equal(batching.merge_rare_buckets(widths, 4), np.full(8, 128))
+    np.testing.assert_array_equal(batching.merge_rare_buckets(widths, 1), widths)
+
+
+def test_train_batches_pad_batches_of_a_rare_bucket_to_a_common_one():
+    ids = [np.arange(1, 41, dtype=np.int32)] * 37 + [np.arange(1, 4, dtype=np.int32)] * 3
+    ds = batching.Dataset(ids=ids, labels=np.zeros(40, np.int32))
+    merged = batching.TrainBatches(ds, 1, seed=0, sampler="random", pad=0, max_length=64,
+                                   min_bucket_batches=8)  # fmt: skip
+    own = batching.TrainBatches(ds, 1, seed=0, sampler="random", pad=0, max_length=64)
+    assert [own(s)["input_ids"].shape[1] for s in range(40)].count(16) == 3
+    for step in range(40):
+        a, b = merged(step), own(step)
+        assert a["input_ids"].shape[1] == merged.width(step) == 64
+        width = b["input_ids"].shape[1]  # the same tokens, more padding
+        np.testing.assert_array_equal(a["input_ids"][:, :width], b["input_ids"])
+        assert a["attention_mask"].sum() == b["attention_mask"].sum()
+        assert not a["attention_mask"][:, width:].any()
