@@ -117,6 +117,44 @@ def matmul_peak(matmul: Callable[[], Any], n: int, repeats: int = 5) -> float:
     return 2.0 * n**3 / best
 
 
+def time_calls(fn: Callable[[], Any], n: int) -> list[tuple[float, float]]:
+    """Wall and process CPU seconds of ``n`` calls."""
+    out = []
+    for _ in range(n):
+        cpu = time.process_time()
+        out.append((timed(fn), time.process_time() - cpu))
+    return out
+
+
+def peak_size() -> int:
+    """Side of the square matmul that measures the peak: 2048 on CPU, 8192 on an accelerator."""
+    import jax
+
+    return 2048 if jax.default_backend() == "cpu" else 8192
+
+
+def jax_matmul_peak(dtype: str) -> float:
+    """Measured FLOP/s of a jitted JAX [n, n] @ [n, n] product in ``dtype``."""
+    import jax
+    import jax.numpy as jnp
+
+    n = peak_size()
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
+    mm = jax.jit(lambda a: a @ a)
+    return matmul_peak(lambda: mm(x).block_until_ready(), n)
+
+
+def jax_config(s: Shape) -> Any:
+    """The jaxcls ``Qwen3Config`` of shape ``s``."""
+    from jaxcls.qwen3 import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,
+        num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
+        head_dim=s.head_dim,
+    )  # fmt: skip
+
+
 def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()

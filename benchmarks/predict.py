@@ -7,7 +7,9 @@ batches of ``--batch``, tokenization included: jaxcls through ``Classifier.predi
 with plain (LoRA-merged) weights, PyTorch through the fast tokenizer and
 ``Qwen3ForSequenceClassification`` under ``torch.inference_mode`` with its faster attention
 implementation, in a worker process of its own (``worker.py``). The two alternate
-``--rounds`` times. The last line is one JSON object.
+``--rounds`` times. Each side's share of the matmul peak is its FLOPs per call (printed;
+jaxcls computes the last layer at the pooled token only) over the better of JAX's and
+PyTorch's measured peak. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -49,13 +51,8 @@ def build_jax(s: common.Shape, tokenizer: Any) -> Any:
     from jaxcls import lora
     from jaxcls.api import Classifier
     from jaxcls.classifier import HeadConfig, Qwen3Classifier
-    from jaxcls.qwen3 import Qwen3Config
 
-    config = Qwen3Config(
-        vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,
-        num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
-        head_dim=s.head_dim,
-    )  # fmt: skip
+    config = common.jax_config(s)
     head = HeadConfig(num_labels=NUM_LABELS, dtype=s.dtype, param_dtype=s.dtype)
     ids = jnp.ones((1, 1), jnp.int32)
     params = jax.jit(Qwen3Classifier(config, head).init)(jax.random.PRNGKey(0), ids, ids)
@@ -65,6 +62,12 @@ def build_jax(s: common.Shape, tokenizer: Any) -> Any:
     merged = lora.merge(params["params"], adapters, cfg)
     labels = [f"class_{i}" for i in range(NUM_LABELS)]
     return Classifier(config, head, merged, tokenizer, labels, s.seq, batch_size=s.batch)
+
+
+def call_gflop(s: common.Shape, texts: int, pooled_last_layer: bool) -> float:
+    """Matmul GFLOP of classifying ``texts`` texts: merged weights, so no LoRA factors."""
+    parts = common.step_flops(s, train=False, pooled_last_layer=pooled_last_layer)
+    return (parts["dense"] + parts["attention"]) * texts / s.batch / 1e9
 
 
 def main() -> None:
@@ -97,12 +100,19 @@ def main() -> None:
     first = common.timed(lambda: clf.predict_proba(texts))  # compiles the one length bucket
     print(f"jaxcls: first call {first:.1f} s (compile included)")
     contenders = {"jax": lambda: [common.timed(lambda: clf.predict_proba(texts)) for _ in range(2)]}
+    peaks = {"jax": common.jax_matmul_peak(s.dtype)}
     rival = None
     if args.torch:
         tok_dir = str(qwen_tokenizer_dir())
         rival = worker.Worker(torch_side.Predict, s, tok_dir, texts, args.torch_attn)
         print(f"torch: attn_implementation={rival.call('info')['attn']}")
         contenders["torch"] = lambda: [wall for wall, _ in rival.call("time_calls", 2)]
+        peaks["torch"] = rival.call("matmul_peak", common.peak_size())
+    best_peak = max(peaks.values())
+    print("matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
+    call_flops = {name: call_gflop(s, args.texts, name == "jax") * 1e9 for name in contenders}
+    for name, flops in call_flops.items():
+        print(f"{name} FLOPs per call: {flops / 1e9:.1f} GFLOP")
 
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for r in range(args.rounds):
@@ -114,15 +124,18 @@ def main() -> None:
         med = statistics.median(ts)
         result[f"{name}_texts_per_s"] = round(args.texts / med, 1)
         result[f"{name}_tokens_per_s"] = round(args.texts * s.seq / med, 1)
-        rate = args.texts / med
+        rate, share = args.texts / med, call_flops[name] / med / best_peak
+        result[f"{name}_peak_share"] = round(share, 3)
         print(f"{name}: {common.spread(ts)} per {args.texts} texts, {rate:,.1f} texts/s, "
-              f"{rate * s.seq:,.0f} tokens/s")  # fmt: skip
+              f"{rate * s.seq:,.0f} tokens/s, {share:.0%} of the matmul peak")  # fmt: skip
     if rival:
         result["ratio"] = round(result["jax_tokens_per_s"] / result["torch_tokens_per_s"], 3)
         print(f"ratio jaxcls / transformers tokens/s: {result['ratio']:.2f}x")
         result["torch_peak_rss_mb"] = round(rival.call("memory")["peak_rss_mb"], 1)
         rival.close()
     np.testing.assert_allclose(clf.predict_proba(texts).sum(-1), 1.0, rtol=1e-5)
+    result["jax_call_gflop"] = round(call_flops["jax"] / 1e9, 1)
+    result["peak_gflops"] = round(best_peak / 1e9, 1)
     result["peak_rss_mb"] = round(common.peak_rss_mb(), 1)
     result["tune_malloc"] = tuned
     print(json.dumps(result))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,11 +55,7 @@ class Contender:
 
     def time_calls(self, n: int) -> list[tuple[float, float]]:
         """Wall and process CPU seconds of ``n`` calls."""
-        out = []
-        for _ in range(n):
-            cpu = time.process_time()
-            out.append((common.timed(self.call), time.process_time() - cpu))
-        return out
+        return common.time_calls(self.call, n)
 
     def memory(self) -> dict[str, float | None]:
         device_bytes = None

@@ -26,8 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import torch_side  # noqa: E402
@@ -73,7 +71,6 @@ def build_jax(s: common.Shape) -> tuple[Any, tuple]:
     from jaxcls import lora, steps
     from jaxcls.classifier import HeadConfig, Qwen3Classifier
     from jaxcls.config import load_config
-    from jaxcls.qwen3 import Qwen3Config
 
     default = Path(__file__).resolve().parents[1] / "configs" / "default.py"
     cfg = load_config(default)
@@ -81,12 +78,7 @@ def build_jax(s: common.Shape) -> tuple[Any, tuple]:
     cfg.lora.targets = rf".*({'|'.join(common.TARGETS)})$"
     cfg.model.dtype = cfg.model.param_dtype = s.dtype
     cfg.loss.classification, cfg.contrastive.loss = "focal", "simple"
-    config = Qwen3Config(
-        vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,
-        num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
-        head_dim=s.head_dim,
-    )  # fmt: skip
-    model = Qwen3Classifier(config, HeadConfig.from_config(cfg.model, NUM_LABELS))
+    model = Qwen3Classifier(common.jax_config(s), HeadConfig.from_config(cfg.model, NUM_LABELS))
     ids = jnp.ones((1, 1), jnp.int32)
     params = jax.jit(model.init)(jax.random.PRNGKey(0), ids, ids)["params"]
     heads, frozen = lora.partition(params, r"^(score|projection)/")
@@ -116,33 +108,6 @@ def jax_stepper(train_step: Any, args: tuple) -> Callable[[], None]:
         jax.block_until_ready(metrics)
 
     return step
-
-
-def peak(s: common.Shape) -> float:
-    """Measured matmul FLOP/s of JAX at the step's dtype."""
-    import jax
-    import jax.numpy as jnp
-
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(peak_size(), peak_size())), s.dtype)
-    mm = jax.jit(lambda a: a @ a)
-    return common.matmul_peak(lambda: mm(x).block_until_ready(), peak_size())
-
-
-def peak_size() -> int:
-    import jax
-
-    return 2048 if jax.default_backend() == "cpu" else 8192
-
-
-def time_calls(fn: Callable[[], None], n: int) -> list[tuple[float, float]]:
-    """Wall and process CPU seconds of ``n`` calls."""
-    import time
-
-    out = []
-    for _ in range(n):
-        cpu = time.process_time()
-        out.append((common.timed(fn), time.process_time() - cpu))
-    return out
 
 
 def alternate(contenders: dict[str, Callable[[int], list]], rounds: int, steps: int) -> dict:
@@ -188,9 +153,9 @@ def main() -> None:
     for name, parts in flops.items():
         text = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in parts.items())
         print(f"{name} FLOPs per step: {step_flops[name] / 1e9:.1f} GFLOP ({text})")
-    peaks = {"jax": peak(s)}
+    peaks = {"jax": common.jax_matmul_peak(s.dtype)}
     if rival:
-        peaks["torch"] = rival.call("matmul_peak", peak_size())
+        peaks["torch"] = rival.call("matmul_peak", common.peak_size())
     best_peak = max(peaks.values())
     print("matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
 
@@ -207,7 +172,7 @@ def main() -> None:
     if args.profile:
         common.profile(jax_step, args.profile, train_step, jax_args)
 
-    contenders = {"jax": lambda n: time_calls(jax_step, n)}
+    contenders = {"jax": lambda n: common.time_calls(jax_step, n)}
     if rival:
         info = rival.call("info")
         print(f"torch: attn_implementation={info['attn']}, {info['trainable']:,} trainable params")
