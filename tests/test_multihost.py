@@ -52,20 +52,15 @@ def write_csv(path: Path, n_per_class: int, seed: int) -> Path:
 
 def make_model_dir(out: Path, tokenizer_dir: Path) -> Path:
     """A tiny random-init jaxcls model dir: the frozen base LoRA trains on."""
+    import dataclasses
+
+    from _multidevice_worker import QWEN  # every sharded dimension divides by 4
     from transformers import AutoTokenizer
 
     from jaxcls import backbone, modeldir
-    from jaxcls.qwen3 import Qwen3Config
 
-    config = Qwen3Config(
-        vocab_size=len(AutoTokenizer.from_pretrained(tokenizer_dir)),
-        hidden_size=64,
-        intermediate_size=88,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    )
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    config = dataclasses.replace(QWEN, vocab_size=vocab)
     params = backbone.init_random(config, seed=0, param_dtype="float32")
     return modeldir.write_model(
         out, config, params, None, tokenizer_dir=tokenizer_dir, source="test"
