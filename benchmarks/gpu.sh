@@ -21,6 +21,7 @@ python -c "import jaxcls.steps, jaxcls.classifier, jaxcls.config, torch, transfo
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 python -c "import jax, torch; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__, torch.cuda.get_device_name())"
-# 28 unrolled layers compile in about a minute; 2 rounds of 4 steps each side fit in 5 minutes.
+# 2 rounds of 4 steps each side; the 290 s limit leaves room for compiling 28 unrolled layers
+# (not yet measured on a GPU).
 timeout 290 python benchmarks/train_step.py --preset qwen3-1.7b --torch --torch-attn sdpa \
   --rounds 2 --steps 4 2>&1 | grep -v -i "warn" | tee "$out/gpu_train_step.log"

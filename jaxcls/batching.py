@@ -203,9 +203,9 @@ def merge_rare_buckets(widths: np.ndarray, min_batches: int) -> np.ndarray:
     """``widths`` with each bucket used by fewer than ``min_batches`` batches raised to the
     next larger bucket that stays (the largest always stays).
 
-    Every bucket costs one compilation of the training step (about a minute for a 1.7B model
-    on a GPU); a bucket that a handful of batches use, such as the short last batch of an
-    epoch, costs more to compile than its padding saves.
+    Every bucket costs one compilation of the training step (11-12 s for the cpu-small
+    benchmark step, more for deeper models); a bucket that a handful of batches use, such as
+    the short last batch of an epoch, costs more to compile than its padding saves.
     """
     values, counts = np.unique(widths, return_counts=True)
     kept = values[(counts >= min_batches) | (values == values.max())]
