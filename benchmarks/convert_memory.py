@@ -43,13 +43,13 @@ NUM_LABELS = 2
 SHARD_BYTES = 1 << 30
 
 
-def write_checkpoint(out: Path, seed: int = 0) -> int:
-    """A random bf16 checkpoint in ~1 GiB shards + index; returns its size in bytes."""
+def write_checkpoint(out: Path, seed: int = 0, config: Qwen3Config = QWEN3_1P7B) -> int:
+    """A random bf16 checkpoint of ``config`` in ~1 GiB shards + index; returns its size."""
     out.mkdir(parents=True)
-    hf = QWEN3_1P7B.to_hf()
+    hf = config.to_hf()
     hf.update(id2label={"0": "negative", "1": "positive"}, pad_token_id=151643, dtype="bfloat16")
     (out / "config.json").write_text(json.dumps(hf, indent=2))
-    shapes = mapping.expected_hf_shapes(QWEN3_1P7B, NUM_LABELS)
+    shapes = mapping.expected_hf_shapes(config, NUM_LABELS)
     groups: list[list[str]] = [[]]
     filled = 0
     for name, shape in shapes.items():
