@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.projection_dim = 0
     # Recompute activations in the backward pass (rematerialisation) to save memory.
     config.model.remat = False
+    # Layers 0..L-2 as one scanned layer (compiled once, one layer's temporaries at a time);
+    # false: an unrolled loop of layers (same outputs; compile time and memory grow with L).
+    config.model.scan_layers = True
     # Also train the base weights when the base is random-init (model.path empty); a pretrained
     # base is always frozen and only LoRA adapters and heads train.
     config.model.train_base = True

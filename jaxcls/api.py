@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls import batching
+from jaxcls import batching, layerstack
 from jaxcls.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.errors import UserError
 from jaxcls.qwen3 import Qwen3Config
@@ -45,6 +45,8 @@ class Classifier:
         self.batch_size = batch_size
         # Right padding with the tokenizer's pad token (<|endoftext|> for Qwen), else EOS.
         self.pad_id = batching.pad_id(tokenizer)
+        if head.scan:  # the scanned model's layout (never differentiated here: bits are fine)
+            params = layerstack.step_layout(params, config.num_hidden_layers)
         self.params = jax.device_put(params)
         model = Qwen3Classifier(config, head)
 

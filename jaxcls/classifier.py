@@ -44,6 +44,7 @@ class HeadConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    scan: bool = False
 
     @classmethod
     def from_config(cls, model_cfg: Any, num_labels: int) -> HeadConfig:
@@ -56,6 +57,7 @@ class HeadConfig:
             dtype=model_cfg.dtype,
             param_dtype=model_cfg.param_dtype,
             remat=bool(model_cfg.remat),
+            scan=bool(model_cfg.get("scan_layers", False)),
         )
 
 
@@ -87,9 +89,13 @@ class Qwen3Classifier(nn.Module):
         self, input_ids: Array, attention_mask: Array, deterministic: bool = True
     ) -> tuple[Array, Array]:
         dtype, param_dtype = DTYPES[self.head.dtype], DTYPES[self.head.param_dtype]
+        # hidden_states[k] of a scanned layer (0 < k < L) is kept only when it is the feature.
+        layer = self.head.feature_layer % (self.config.num_hidden_layers + 1)
         backbone = Qwen3Model(
-            self.config, dtype=dtype, param_dtype=param_dtype, remat=self.head.remat, name="model"
-        )
+            self.config, dtype=dtype, param_dtype=param_dtype, remat=self.head.remat,
+            scan_layers=self.head.scan, keep_hidden=0 < layer < self.config.num_hidden_layers,
+            name="model",
+        )  # fmt: skip
         # Last-token pooling reads one position of the last layer: only that one is computed.
         how = self.head.pooling
         rows = last_token(attention_mask) if how == "last" else None
@@ -97,7 +103,6 @@ class Qwen3Classifier(nn.Module):
         pooled = hidden[:, 0] if rows is not None else pool(hidden, attention_mask, how)
         score = Linear(self.head.num_labels, dtype=dtype, param_dtype=param_dtype, name="score")
         logits = score(pooled).astype(jnp.float32)
-        layer = self.head.feature_layer % len(hidden_states)
         features = pooled
         if layer != len(hidden_states) - 1:  # an earlier layer: computed in full
             features = pool(hidden_states[layer], attention_mask, how)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from jaxcls import config as config_lib
-from jaxcls import data, evaluate, plots, report, rundir, session, sharding, steps
+from jaxcls import data, evaluate, layerstack, plots, report, rundir, session, sharding, steps
 from jaxcls.checkpoint import Checkpoints, abstract
 from jaxcls.errors import UserError
 
@@ -68,7 +68,10 @@ def evaluate_file(run: session.Session, path: str) -> tuple[dict, dict, data.Tab
     eval_step = jax.jit(
         steps.make_eval_step(run.model, run.cfg), out_shardings=sharding.replicated(mesh)
     )
-    frozen = sharding.put_params(run.frozen, mesh)
+    # The steps' layout; the host copy is released as the base moves (see Trainer).
+    layout = layerstack.step_layout(run.frozen, steps.scanned_layers(run.model), consume=True)
+    run.frozen = None
+    frozen = run.frozen = sharding.move_params(layout, mesh)
     trainable = sharding.put_params(run.trainable, mesh)
     outputs = evaluate.run_dataset(
         eval_step, trainable, frozen, dataset, run.cfg.train.eval_batch_size, run.pad_id,

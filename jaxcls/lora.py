@@ -86,14 +86,25 @@ class LoRAWeight:
     dropout: float = flax.struct.field(pytree_node=False, default=0.0)
 
 
+# 16-bit float kernels and the same-width integers a scanned model slices them as (qwen3).
+KERNEL_BITS = {jnp.dtype(jnp.bfloat16): jnp.uint16, jnp.dtype(jnp.float16): jnp.int16}
+_BIT_FLOATS = {jnp.dtype(v): k for k, v in KERNEL_BITS.items()}
+
+
+def float_kernel(w: Array) -> Array:
+    """A kernel given as integer bits (``KERNEL_BITS``) bitcast back to its float dtype."""
+    float_dtype = _BIT_FLOATS.get(jnp.dtype(w.dtype))
+    return w if float_dtype is None else jax.lax.bitcast_convert_type(w, float_dtype)
+
+
 def factored_matmul(x: Array, weight: LoRAWeight, dtype: Any, dropout_rng: Array | None) -> Array:
     """``x @ W + scale * (dropout(x) @ A) @ B`` in ``dtype``."""
     xa = x
     if dropout_rng is not None:
         keep = bernoulli(dropout_rng, 1.0 - weight.dropout, x.shape)
         xa = jnp.where(keep, x / (1.0 - weight.dropout), 0).astype(dtype)
-    w, a, b = (t.astype(dtype) for t in (weight.w, weight.a, weight.b))
-    return _lora_dot(x, xa, w, a, b, weight.scale)
+    a, b = weight.a.astype(dtype), weight.b.astype(dtype)
+    return _lora_dot(x, xa, weight.w, a, b, weight.scale)
 
 
 def bernoulli(key: Array, p: float, shape: tuple[int, ...]) -> Array:
@@ -143,18 +154,24 @@ def _threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Ar
 # incoming gradient as it is; the LoRA scale goes on the small factors, so no scaled copy
 # of the gradient is made (XLA re-ran the whole SwiGLU backward, dropout mask included, to
 # produce it); and dW is computed only when W is differentiated, never for a frozen kernel.
+# W comes in its stored dtype and is cast where it is used (forward and backward): the
+# backward keeps the stored kernel, not a float32 copy of a bf16 one (NOTES.md, real size).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _lora_dot(x: Array, xa: Array, w: Array, a: Array, b: Array, scale: float) -> Array:
-    """``x @ w + scale * (xa @ a) @ b``; ``xa`` is the (dropped-out) input of the LoRA branch."""
+    """``x @ w + scale * (xa @ a) @ b`` in x's dtype; ``xa`` is the (dropped-out) LoRA input."""
+    w = float_kernel(w).astype(x.dtype)
     return jnp.dot(x, w) + (scale * jnp.dot(jnp.dot(xa, a), b)).astype(x.dtype)
 
 
 def _lora_dot_fwd(x, xa, w, a, b, scale):
     u = jnp.dot(xa.value, a.value)
-    out = jnp.dot(x.value, w.value) + (scale * jnp.dot(u, b.value)).astype(x.value.dtype)
-    # Only what the backward needs: x for dW (trainable W), W for dx and A for d(xa) when
-    # those inputs are differentiated (None is an empty pytree: the choice is static).
-    keep_x = x.value if w.perturbed else None
+    dtype = x.value.dtype
+    w_float = float_kernel(w.value).astype(dtype)
+    out = jnp.dot(x.value, w_float) + (scale * jnp.dot(u, b.value)).astype(dtype)
+    # Only what the backward needs: x for dW (trainable W; with an empty array of W's dtype),
+    # W for dx and A for d(xa) when those inputs are differentiated (None is an empty
+    # pytree: the choice is static).
+    keep_x = (x.value, jnp.zeros((0,), w.value.dtype)) if w.perturbed else None
     keep_w = w.value if x.perturbed else None
     keep_a = a.value if xa.perturbed else None
     return out, (keep_x, xa.value, u, keep_w, keep_a, b.value)
@@ -177,8 +194,8 @@ def _lora_dot_bwd(scale, res, g):
     # from folding the transpose back into the dot (it does fold a bare transpose).
     ga = (scale * dot(gu, flat(xa), tn)).T  # [in, r]
     gxa = None if a is None else dot(gu, scale * a, nt).reshape(*lead, -1)
-    gx = None if w is None else dot(g, w, nt).reshape(*lead, -1)
-    gw = None if x is None else dot(flat(x), g, tn)
+    gx = None if w is None else dot(g, float_kernel(w).astype(g.dtype), nt).reshape(*lead, -1)
+    gw = None if x is None else dot(flat(x[0]), g, tn).astype(x[1].dtype)
     return gx, gxa, gw, ga, gb
 
 
@@ -245,8 +262,8 @@ def _pairs(flat: dict[str, Any], adapters: PyTree, cfg: LoRAConfig) -> dict[str,
                 f"LoRA adapter {module!r} needs lora_a, lora_b and a model kernel of that "
                 "name; the adapters were made for another model (check lora.init_from)"
             )
-        d_in, d_out = np.shape(w)
-        want_a, want_b = (d_in, cfg.rank), (cfg.rank, d_out)
+        *lead, d_in, d_out = np.shape(w)  # lead: the layer axis of a stacked kernel
+        want_a, want_b = (*lead, d_in, cfg.rank), (*lead, cfg.rank, d_out)
         if np.shape(a) != want_a or np.shape(b) != want_b:
             raise UserError(
                 f"LoRA adapter {module!r} has A {np.shape(a)} and B {np.shape(b)}, expected "

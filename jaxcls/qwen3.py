@@ -144,7 +144,28 @@ class Linear(nn.Module):
             if not deterministic and kernel.dropout > 0:
                 rng = self.make_rng("dropout")
             return lora.factored_matmul(x.astype(self.dtype), kernel, self.dtype, rng)
-        return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        return jnp.dot(x.astype(self.dtype), lora.float_kernel(kernel).astype(self.dtype))
+
+
+class Embed(nn.Module):
+    """The token embedding: rows gathered from the table in its stored dtype.
+
+    ``nn.Embed`` casts the whole table to the compute dtype before the gather: a float32
+    copy of Qwen3's [151936, D] table in every step (1.2 GB at D = 2048) to read B x T rows.
+    """
+
+    num_embeddings: int
+    features: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, ids: Array) -> Array:
+        init = nn.initializers.normal(0.02)
+        shape = (self.num_embeddings, self.features)
+        table = self.param("embedding", init, shape, self.param_dtype)
+        # A frozen table may come as integer bits (layerstack.step_layout): XLA:CPU has no
+        # bfloat16 gather and would convert the whole table to float32 to gather from it.
+        return lora.float_kernel(jnp.take(table, ids, axis=0))
 
 
 class RMSNorm(nn.Module):
@@ -295,9 +316,13 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """One pre-norm block; as a ``nn.scan`` body (``scanned``) it returns ``(h, h or None)``."""
+
     config: Qwen3Config
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scanned: bool = False
+    keep_hidden: bool = True
 
     @nn.compact
     def __call__(
@@ -312,7 +337,10 @@ class DecoderLayer(nn.Module):
         attn = attention(x, mask, cos, sin, deterministic, rows)
         h = (h if rows is None else take_rows(h, rows)) + attn
         x = RMSNorm(eps, name="post_attention_layernorm", **kw)(h)
-        return h + MLP(self.config, name="mlp", **kw)(x, deterministic)
+        h = h + MLP(self.config, name="mlp", **kw)(x, deterministic)
+        if self.scanned:
+            return h, (h if self.keep_hidden else None)
+        return h
 
 
 class Qwen3Model(nn.Module):
@@ -324,12 +352,20 @@ class Qwen3Model(nn.Module):
     positions: the final state and the last entry of ``hidden_states`` are [B, 1, D], the
     same values as the full computation at those rows, without the work for the others
     (1/L of the model: the last layer's queries, o_proj and MLP at every other position).
+
+    With ``scan_layers``, layers 0..L-2 are one ``nn.scan`` over params stacked under
+    ``layers`` (leading axis L-1; ``layerstack.stack_layers`` makes them from the
+    ``layers_N`` layout) and the last layer stays ``layers_{L-1}``: one layer body to
+    compile, and its temporaries are one layer's. ``keep_hidden=False`` leaves the scanned
+    layers' entries of ``hidden_states`` as None (nothing reads them).
     """
 
     config: Qwen3Config
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: bool = False
+    scan_layers: bool = False
+    keep_hidden: bool = True
 
     @nn.compact
     def __call__(
@@ -338,13 +374,7 @@ class Qwen3Model(nn.Module):
     ) -> tuple[Array, tuple[Array, ...]]:  # fmt: skip
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        embed = nn.Embed(
-            cfg.vocab_size,
-            cfg.hidden_size,
-            embedding_init=nn.initializers.normal(0.02),
-            name="embed_tokens",
-            **kw,
-        )
+        embed = Embed(cfg.vocab_size, cfg.hidden_size, self.param_dtype, name="embed_tokens")
         h = embed(input_ids).astype(self.dtype)
         t = input_ids.shape[1]
         pad = attention_mask.astype(bool)
@@ -353,10 +383,53 @@ class Qwen3Model(nn.Module):
         cos, sin = rope_tables(t, cfg.head_dim, cfg.rope_theta, self.dtype)
         layer_cls = nn.remat(DecoderLayer, static_argnums=(5,)) if self.remat else DecoderLayer
         hidden_states = [h]
-        for i in range(cfg.num_hidden_layers):
-            rows = last_rows if i == cfg.num_hidden_layers - 1 else None
+        n = cfg.num_hidden_layers
+        first = 0
+        if self.scan_layers and n > 1:
+            h, ys = self._scan(layer_cls, n - 1)(h, mask, cos, sin, deterministic)
+            hidden_states += [None] * (n - 1) if ys is None else list(ys)
+            first = n - 1
+        for i in range(first, n):
+            rows = last_rows if i == n - 1 else None
             h = layer_cls(cfg, name=f"layers_{i}", **kw)(h, mask, cos, sin, deterministic, rows)
             hidden_states.append(h)
         h = RMSNorm(cfg.rms_norm_eps, name="norm", **kw)(h)
         hidden_states[-1] = h
         return h, tuple(hidden_states)
+
+    def _scan(self, layer_cls: Any, length: int) -> nn.Module:
+        """The first ``length`` layers as one scanned layer, params stacked under ``layers``.
+
+        Frozen LoRA kernels enter the loop as integer bit patterns (``_kernel_bits``).
+        """
+        scan = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=length,
+        )
+        stacked = nn.map_variables(scan, "params", _kernel_bits, lambda v: v, init=True)
+        return stacked(
+            self.config, dtype=self.dtype, param_dtype=self.param_dtype, scanned=True,
+            keep_hidden=self.keep_hidden, name="layers",
+        )  # fmt: skip
+
+
+# XLA:CPU has no bfloat16/float16 dynamic-slice: its float normalization converts the whole
+# stacked operand of the loop's per-layer slice to float32, and the conversion is then
+# hoisted out of the loop, a float32 copy of every stacked kernel (NOTES.md, real size).
+# Frozen LoRA kernels therefore cross the loop boundary as same-width integers (a bitcast,
+# no copy), sliced as integers and bitcast back where they are used (``lora.float_kernel``):
+# the slices are then the loop's own inputs, which remat and the backward reuse instead of
+# saving a copy per layer. Only frozen kernels: an integer view has no gradient, and a
+# ``LoRAWeight``'s kernel is never differentiated.
+def _kernel_bits(tree: Any) -> Any:
+    """``tree`` with its frozen LoRA kernels of 16-bit floats as integer bit patterns."""
+
+    def one(x: Any) -> Any:
+        if isinstance(x, lora.LoRAWeight) and x.w.dtype in lora.KERNEL_BITS:
+            return x.replace(w=jax.lax.bitcast_convert_type(x.w, lora.KERNEL_BITS[x.w.dtype]))
+        return x
+
+    return jax.tree_util.tree_map(one, tree, is_leaf=lambda x: isinstance(x, lora.LoRAWeight))

@@ -32,6 +32,7 @@ PyTree = Any
 FSDP_RULES: tuple[tuple[str, tuple[int, ...]], ...] = (
     (r"model/embed_tokens/embedding$", (0, 1)),  # [vocab, hidden]: over the vocabulary first
     (r"model/layers_\d+/.+/kernel$", (0, 1)),  # [in, out]: over the input features first
+    (r"model/layers/.+/kernel$", (1, 2)),  # stacked [layer, in, out] (layerstack): never the layer
 )
 
 
@@ -128,6 +129,18 @@ def place(tree: PyTree, shardings: PyTree) -> PyTree:
 def put_params(tree: PyTree, mesh: Mesh, rules=FSDP_RULES) -> PyTree:
     """Place a parameter-like tree by ``rules`` (host leaves are sliced, never copied whole)."""
     return place(tree, tree_shardings(tree, mesh, rules))
+
+
+def move_params(tree: dict, mesh: Mesh, rules=FSDP_RULES) -> PyTree:
+    """``put_params`` that empties ``tree``'s dicts as it goes: each host leaf is released
+    once placed (on CPU a placed array is a copy), so the two never both hold the whole tree."""
+    return _move(tree, tree_shardings(tree, mesh, rules))
+
+
+def _move(tree: Any, shardings: Any) -> Any:
+    if not isinstance(tree, dict):
+        return _put(tree, shardings)
+    return {k: _move(tree.pop(k), shardings[k]) for k in list(tree)}
 
 
 def init_sharded(fn: Callable, *args: Any, mesh: Mesh, rules=FSDP_RULES) -> tuple[Any, PyTree]:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcls import lora, losses, schedules
+from jaxcls import layerstack, lora, losses, schedules
 from jaxcls.classifier import Qwen3Classifier
 
 Array = jax.Array
@@ -62,10 +62,26 @@ def make_optimizer(optim: Any, total_steps: int) -> optax.GradientTransformation
     return optax.chain(*parts)
 
 
-def assemble(trainable: PyTree, frozen: PyTree, lora_cfg: lora.LoRAConfig, train: bool) -> PyTree:
-    """Model params: frozen base + trainable params, with factored LoRA kernels."""
+def assemble(
+    trainable: PyTree, frozen: PyTree, lora_cfg: lora.LoRAConfig, train: bool,
+    scan_layers: int = 0,
+) -> PyTree:  # fmt: skip
+    """Model params: frozen base + trainable params, with factored LoRA kernels.
+
+    ``scan_layers`` (the layer count of a scanned model, else 0): layers still in the
+    ``layers_N`` layout are stacked here (the adapters; a frozen base comes stacked).
+    """
     params = lora.combine(frozen, trainable["params"])
-    return lora.apply(params, trainable["adapters"], lora_cfg, dropout=train)
+    adapters = trainable["adapters"]
+    if scan_layers:
+        params = layerstack.stack_layers(params, scan_layers)
+        adapters = layerstack.stack_layers(adapters, scan_layers, fill_missing=True)
+    return lora.apply(params, adapters, lora_cfg, dropout=train)
+
+
+def scanned_layers(model: Qwen3Classifier) -> int:
+    """The layer count when ``model`` scans its layers, else 0."""
+    return model.config.num_hidden_layers if model.head.scan else 0
 
 
 def make_train_step(
@@ -83,6 +99,7 @@ def make_train_step(
     contrastive loss is the mean of the per-shard losses (what per-device DDP computes).
     """
     lora_cfg = lora.LoRAConfig.from_config(cfg.lora)
+    n_scan = scanned_layers(model)
     con, loss_cfg = cfg.contrastive, cfg.loss
     local = con.scope == "local" and data_shards > 1
 
@@ -105,7 +122,7 @@ def make_train_step(
         return jnp.mean(jax.vmap(one)(split(features), split(labels), split(valid)))
 
     def loss_fn(trainable: PyTree, frozen: PyTree, batch: Batch, rng: Array, step: Array):
-        params = assemble(trainable, frozen, lora_cfg, train=True)
+        params = assemble(trainable, frozen, lora_cfg, train=True, scan_layers=n_scan)
         logits, features = model.apply(
             {"params": params},
             batch["input_ids"],
@@ -212,9 +229,10 @@ def make_eval_step(
 ) -> Callable[[PyTree, PyTree, Batch], dict[str, Array]]:
     """``eval_step(trainable, frozen, batch) -> {logits, features, nll}`` for ``jax.jit``."""
     lora_cfg = lora.LoRAConfig.from_config(cfg.lora)
+    n_scan = scanned_layers(model)
 
     def eval_step(trainable: PyTree, frozen: PyTree, batch: Batch) -> dict[str, Array]:
-        params = assemble(trainable, frozen, lora_cfg, train=False)
+        params = assemble(trainable, frozen, lora_cfg, train=False, scan_layers=n_scan)
         logits, features = model.apply(
             {"params": params}, batch["input_ids"], batch["attention_mask"], deterministic=True
         )

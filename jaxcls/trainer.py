@@ -24,6 +24,7 @@ from jaxcls import (
     data,
     evaluate,
     inputs,
+    layerstack,
     lora,
     rundir,
     schedules,
@@ -130,8 +131,14 @@ class Trainer:
 
         # Sharding: the frozen base and the state are placed by sharding.FSDP_RULES (replicated
         # unless mesh.fsdp > 1) and the state is initialised in place, so no device ever holds
-        # more than its share of either.
-        self.frozen = sharding.put_params(self.run.frozen, self.mesh)
+        # more than its share of either. The base moves in the steps' layout (layers stacked,
+        # kernels as bits: layerstack.step_layout) and its host copy is released as it goes,
+        # so the process never holds it twice; run.frozen is then that device tree.
+        layout = layerstack.step_layout(
+            self.run.frozen, steps.scanned_layers(self.run.model), consume=True
+        )
+        self.run.frozen = None
+        self.frozen = self.run.frozen = sharding.move_params(layout, self.mesh)
         trainable = sharding.put_params(self.run.trainable, self.mesh)
 
         def init_state(trainable: Any) -> steps.TrainState:

@@ -116,3 +116,28 @@ def test_qwen3_1p7b_shapes_without_allocating():
     assert n == v * d + 28 * per_layer + d
     assert 1.70e9 < n < 1.75e9
     assert shapes["layers_27"]["self_attn"]["k_proj"]["kernel"].shape == (d, kv)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_scanned_layers_match_transformers(dtype, make_hf_model, padded_batch, torch_forward):
+    """The scanned layer stack (model.scan_layers) on the steps' layout of the base (layers
+    stacked, 16-bit kernels and embedding as integer bits) computes what HF computes."""
+    from jaxcls import layerstack
+
+    hf_dir = make_hf_model(dtype=dtype)
+    ids, mask = padded_batch
+    want_logits, want_hidden = torch_forward(hf_dir, ids, mask)
+    config, params, id2label = load_hf(hf_dir, None)  # as stored: bf16 stays bf16
+    layout = layerstack.step_layout(params, config.num_hidden_layers)
+    assert "layers" in layout["model"] and "layers_0" not in layout["model"]
+    head = HeadConfig(num_labels=len(id2label), param_dtype=dtype, scan=True)
+    logits, _ = Qwen3Classifier(config, head).apply({"params": layout}, ids, mask)
+    model = Qwen3Model(config, param_dtype=jnp.dtype(dtype), scan_layers=True)
+    _, hidden = model.apply({"params": layout["model"]}, ids, mask)
+    assert len(hidden) == len(want_hidden)
+    real = mask[..., None].astype(bool)
+    for ours, theirs in zip(hidden, want_hidden, strict=True):
+        np.testing.assert_allclose(
+            np.where(real, ours, 0), np.where(real, theirs, 0), atol=1e-5, rtol=1e-5
+        )
+    np.testing.assert_allclose(logits, want_logits, atol=1e-5, rtol=1e-5)
