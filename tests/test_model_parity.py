@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcls.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.convert import load_hf
 from jaxcls.errors import UserError
-from jaxcls.qwen3 import Qwen3Config, Qwen3Model
+from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.model.qwen3 import Qwen3Config, Qwen3Model
 
 VARIANTS = {
     "gqa": {},
