@@ -24,38 +24,38 @@ def parse_args() -> argparse.Namespace:
 
 def peft_session(args: argparse.Namespace):
     """The default config's evaluation settings on the adapter's base, LoRA merged."""
-    from jaxcls import session
     from jaxcls.config import load_config
     from jaxcls.errors import UserError
+    from jaxcls.train import run_model
 
     if not args.data:
         raise UserError("--lora_model needs --data FILE (a labelled file to evaluate on)")
     overrides = [f"model.path={args.base or ''}", f"data.max_length={args.max_length}"]
     cfg = load_config(Path(__file__).with_name("configs") / "default.py", overrides)
-    return session.from_peft(cfg, args.lora_model)
+    return run_model.from_peft(cfg, args.lora_model)
 
 
 def main() -> int:
     args = parse_args()
     cli.setup_logging()
-    from jaxcls import evaluation
+    from jaxcls import evaluate_run
+    from jaxcls.data.splits import data_paths
     from jaxcls.errors import UserError
-    from jaxcls.inputs import data_paths
 
     if args.lora_model:
         run, workdir = peft_session(args), Path(args.lora_model)
         what = f"adapter {workdir}"
     else:
-        workdir, ckpt = evaluation.split_ckpt(args.workdir, args.ckpt)
-        run, step = evaluation.load_run(workdir, ckpt)
+        workdir, ckpt = evaluate_run.split_ckpt(args.workdir, args.ckpt)
+        run, step = evaluate_run.load_run(workdir, ckpt)
         what = f"checkpoint {step}"
     path = args.data or data_paths(run.cfg)["test"]
     if not path:
         raise UserError("the run has no data.test; pass --data FILE")
-    result, outputs, table = evaluation.evaluate_file(run, path)
-    evaluation.print_summary(result, run.label_names)
+    result, outputs, table = evaluate_run.evaluate_file(run, path)
+    evaluate_run.print_summary(result, run.label_names)
     out = Path(args.out) if args.out else workdir / "eval"
-    evaluation.write_outputs(run, result, outputs, table, out)
+    evaluate_run.write_outputs(run, result, outputs, table, out)
     print(f"{what} on {path}: metrics, predictions and report.html in {out}")
     return 0
 

@@ -33,9 +33,10 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     cli.setup_logging()
-    from jaxcls import Classifier, predictions
+    from jaxcls import Classifier
+    from jaxcls.data import predictions
     from jaxcls.errors import UserError
-    from jaxcls.evaluation import split_ckpt
+    from jaxcls.evaluate_run import split_ckpt
 
     if not args.text and not args.input:
         raise UserError("nothing to classify; pass --text TEXT or --input FILE")

@@ -18,9 +18,9 @@ flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line errors.")
 def main() -> int:
     cli.setup_logging()
     cli.parse_config_flags(sys.argv)
-    from jaxcls.distributed import maybe_initialize
-    from jaxcls.evaluation import evaluate_after_training
-    from jaxcls.trainer import train_and_evaluate
+    from jaxcls.evaluate_run import evaluate_after_training
+    from jaxcls.train.distributed import maybe_initialize
+    from jaxcls.train.trainer import train_and_evaluate
 
     cfg = _CONFIG.value
     maybe_initialize(cfg)

@@ -146,7 +146,7 @@ def jax_matmul_peak(dtype: str) -> float:
 
 def jax_config(s: Shape) -> Any:
     """The jaxcls ``Qwen3Config`` of shape ``s``."""
-    from jaxcls.qwen3 import Qwen3Config
+    from jaxcls.model.qwen3 import Qwen3Config
 
     return Qwen3Config(
         vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,

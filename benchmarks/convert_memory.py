@@ -23,8 +23,8 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
-from jaxcls import mapping
-from jaxcls.qwen3 import Qwen3Config
+from jaxcls.formats import hf_keys
+from jaxcls.model.qwen3 import Qwen3Config
 
 # Qwen3-1.7B (config.json on the Hugging Face hub), with a 2-class seq-cls head.
 QWEN3_1P7B = Qwen3Config(
@@ -49,7 +49,7 @@ def write_checkpoint(out: Path, seed: int = 0, config: Qwen3Config = QWEN3_1P7B)
     hf = config.to_hf()
     hf.update(id2label={"0": "negative", "1": "positive"}, pad_token_id=151643, dtype="bfloat16")
     (out / "config.json").write_text(json.dumps(hf, indent=2))
-    shapes = mapping.expected_hf_shapes(config, NUM_LABELS)
+    shapes = hf_keys.expected_hf_shapes(config, NUM_LABELS)
     groups: list[list[str]] = [[]]
     filled = 0
     for name, shape in shapes.items():
@@ -102,7 +102,7 @@ def main() -> None:
     read = [
         sys.executable,
         "-c",
-        f"from jaxcls.modeldir import read_model; read_model({str(out_dir)!r})",
+        f"from jaxcls.formats.model_dir import read_model; read_model({str(out_dir)!r})",
     ]
     read_seconds, read_peak = run_measured(read)
     result = {

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls import losses
+from jaxcls.train import losses
 
 
 def median_ms(fn, *args, repeats: int) -> float:

@@ -48,9 +48,9 @@ def build_jax(s: common.Shape, tokenizer: Any) -> Any:
     import jax
     import jax.numpy as jnp
 
-    from jaxcls import lora
     from jaxcls.api import Classifier
-    from jaxcls.classifier import HeadConfig, Qwen3Classifier
+    from jaxcls.model import lora
+    from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
 
     config = common.jax_config(s)
     head = HeadConfig(num_labels=NUM_LABELS, dtype=s.dtype, param_dtype=s.dtype)
@@ -88,9 +88,9 @@ def main() -> None:
     tuned = False if args.no_tune_malloc else tune_malloc()  # as predict.py: before JAX starts
 
     import jax
+    from jaxcls.data.tables.tables.demo import qwen_tokenizer_dir
 
-    from jaxcls.backbone import load_tokenizer
-    from jaxcls.demo import qwen_tokenizer_dir
+    from jaxcls.train.base_model import load_tokenizer
 
     print(f"machine: {common.machine()}; jax {jax.__version__} on {jax.devices()[0]}")
     print(f"shape: {s}; {args.texts} texts per call; jaxcls malloc tuned: {tuned}")

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import convert_memory  # noqa: E402
 
-from jaxcls.qwen3 import Qwen3Config  # noqa: E402
+from jaxcls.model.qwen3 import Qwen3Config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def cache_dir() -> Path:
 
 def ensure_checkpoint(shape: str) -> tuple[Path, Path]:
     """(HF dir, converted jaxcls dir) of ``shape``, built on first use."""
-    from jaxcls.demo import qwen_tokenizer_dir
+    from jaxcls.data.demo import qwen_tokenizer_dir
 
     hf_dir, ours = cache_dir() / f"qwen3-{shape}-hf", cache_dir() / f"qwen3-{shape}-jaxcls"
     if not (hf_dir / "model.safetensors.index.json").is_file():

@@ -68,9 +68,10 @@ def build_jax(s: common.Shape) -> tuple[Any, tuple]:
     import jax
     import jax.numpy as jnp
 
-    from jaxcls import lora, steps
-    from jaxcls.classifier import HeadConfig, Qwen3Classifier
     from jaxcls.config import load_config
+    from jaxcls.model import lora
+    from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+    from jaxcls.train import steps
 
     default = Path(__file__).resolve().parents[1] / "configs" / "default.py"
     cfg = load_config(default)

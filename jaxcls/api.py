@@ -11,10 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls import batching, layerstack
-from jaxcls.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.data import batches
 from jaxcls.errors import UserError
-from jaxcls.qwen3 import Qwen3Config
+from jaxcls.model import layerstack
+from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.model.qwen3 import Qwen3Config
 
 
 def labels_from_id2label(id2label: dict[int, str], where: str) -> list[str]:
@@ -44,7 +45,7 @@ class Classifier:
         self.tokenizer, self.max_length, self.template = tokenizer, max_length, template
         self.batch_size = batch_size
         # Right padding with the tokenizer's pad token (<|endoftext|> for Qwen), else EOS.
-        self.pad_id = batching.pad_id(tokenizer)
+        self.pad_id = batches.pad_id(tokenizer)
         if head.scan:  # the scanned model's layout (never differentiated here: bits are fine)
             params = layerstack.step_layout(params, config.num_hidden_layers)
         self.params = jax.device_put(params)
@@ -74,7 +75,7 @@ class Classifier:
         ``dtype`` is the compute dtype: default float32 on CPU, bfloat16 on accelerators.
         ``ckpt`` (best | latest | step | path) selects the checkpoint of a training run dir.
         """
-        from jaxcls import peft_io
+        from jaxcls.formats import peft_dir
 
         path = Path(path)
         dtype = dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
@@ -82,12 +83,12 @@ class Classifier:
         # checkpoints/ and `ckpt`), a peft adapter dir, or a model dir (converted or HF).
         if (path / "checkpoints").is_dir():
             return cls._from_run(path, ckpt, dtype, batch_size)
-        if peft_io.is_adapter_dir(path):
-            loaded = peft_io.load_merged(path, base)
+        if peft_dir.is_adapter_dir(path):
+            loaded = peft_dir.load_merged(path, base)
             return cls._from_loaded(loaded, path, dtype, max_length, batch_size)
         if base is not None:
             raise UserError(f"{path}: not a peft adapter dir (no adapter_config.json); drop base")
-        from jaxcls.modeldir import read_model
+        from jaxcls.formats.model_dir import read_model
 
         return cls._from_loaded(read_model(path), path, dtype, max_length, batch_size)
 
@@ -96,7 +97,7 @@ class Classifier:
         """A training run at checkpoint ``ckpt``, with LoRA merged into plain kernels."""
         import dataclasses
 
-        from jaxcls.evaluation import load_run
+        from jaxcls.evaluate_run import load_run
 
         run, _ = load_run(path, ckpt)
         head = HeadConfig.from_config(run.cfg.model, len(run.label_names))
@@ -137,16 +138,16 @@ class Classifier:
         """(probabilities [n, C], features [n, F]) in the order of ``texts``."""
         if isinstance(texts, str):
             raise TypeError("pass a list of texts, not a single string")
-        ids = batching.tokenize(list(texts), self.tokenizer, self.max_length, self.template)
+        ids = batches.tokenize(list(texts), self.tokenizer, self.max_length, self.template)
         # Batches of similar lengths pad little; the results go back to the input order.
         order = np.argsort([len(x) for x in ids], kind="stable").astype(np.int64)
-        dataset = batching.Dataset(ids=[ids[i] for i in order], labels=None)
+        dataset = batches.Dataset(ids=[ids[i] for i in order], labels=None)
         probs = np.zeros((len(ids), self.head.num_labels), np.float32)
         features = np.zeros(
             (len(ids), self.head.projection_dim or self.config.hidden_size), np.float32
         )
         done = 0
-        for batch in batching.eval_batches(dataset, self.batch_size, self.pad_id, self.max_length):
+        for batch in batches.eval_batches(dataset, self.batch_size, self.pad_id, self.max_length):
             p, f = jax.device_get(
                 self._forward(self.params, batch["input_ids"], batch["attention_mask"])
             )

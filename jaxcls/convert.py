@@ -22,9 +22,9 @@ import flax
 import ml_dtypes
 import numpy as np
 
-from jaxcls import mapping, modeldir
 from jaxcls.errors import UserError
-from jaxcls.qwen3 import Qwen3Config
+from jaxcls.formats import hf_keys, model_dir
+from jaxcls.model.qwen3 import Qwen3Config
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 # safetensors dtype codes of the floating-point tensors a Qwen3 checkpoint holds.
@@ -126,7 +126,7 @@ def load_hf(
     hf = json.loads((hf_dir / "config.json").read_text())
     num_labels = _num_labels(hf)
     table = {
-        name: (path, shape, t) for name, path, shape, t in mapping.expected(config, num_labels)
+        name: (path, shape, t) for name, path, shape, t in hf_keys.expected(config, num_labels)
     }
     target = DTYPES[dtype] if dtype else None
     flat: dict[str, np.ndarray] = {}
@@ -135,7 +135,7 @@ def load_hf(
         # Check names and shapes from the header, before reading any bytes.
         def select(name: str, shape: tuple[int, ...], file: Path = file) -> bool:
             if name not in table:
-                if not mapping.is_skipped(name):
+                if not hf_keys.is_skipped(name):
                     unexpected.append(name)
                 return False
             want = table[name][1]
@@ -182,9 +182,9 @@ def _check_one_dtype(hf_dir: Path, flat: dict[str, np.ndarray]) -> None:
 
 def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, dtype: str | None = None) -> Path:
     """Convert an HF Qwen3 dir into a jaxcls model dir at ``out`` (written atomically)."""
-    modeldir.check_out_dir(Path(out))  # before the slow read, not only when writing
+    model_dir.check_out_dir(Path(out))  # before the slow read, not only when writing
     config, params, id2label = load_hf(hf_dir, dtype)
-    return modeldir.write_model(
+    return model_dir.write_model(
         out, config, params, id2label, tokenizer_dir=hf_dir, source=str(Path(hf_dir).absolute())
     )
 
@@ -206,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    meta = json.loads((out / modeldir.META_FILE).read_text())
+    meta = json.loads((out / model_dir.META_FILE).read_text())
     labels = list((meta["id2label"] or {}).values())
-    tokenizer = [f.name for f in modeldir.tokenizer_files(out)]
+    tokenizer = [f.name for f in model_dir.tokenizer_files(out)]
     print(f"wrote {out}: param_dtype {meta['param_dtype']}, labels {labels or 'none (base model)'}")
     print(f"tokenizer files: {tokenizer or 'none found in ' + str(args.hf)}")
     return 0

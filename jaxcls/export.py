@@ -28,8 +28,10 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from jaxcls import batching, lora, mapping, modeldir, peft_io
-from jaxcls.qwen3 import Qwen3Config
+from jaxcls.data import batches
+from jaxcls.formats import hf_keys, model_dir, peft_dir
+from jaxcls.model import lora
+from jaxcls.model.qwen3 import Qwen3Config
 
 log = logging.getLogger("jaxcls")
 
@@ -65,12 +67,12 @@ def save_safetensors(path: Path, entries: Iterable[Entry]) -> None:
 
 
 def _hf_entries(config: Qwen3Config, flat: dict[str, Any], num_labels: int, dtype) -> list[Entry]:
-    def make(path: str, transform: mapping.Transform) -> Callable[[], np.ndarray]:
+    def make(path: str, transform: hf_keys.Transform) -> Callable[[], np.ndarray]:
         return lambda: transform.to_hf(np.asarray(flat[path]).astype(DTYPES[dtype]))
 
     return [
         (name, shape, np.dtype(DTYPES[dtype]), make(path, t))
-        for name, path, shape, t in mapping.expected(config, num_labels)
+        for name, path, shape, t in hf_keys.expected(config, num_labels)
     ]
 
 
@@ -82,7 +84,7 @@ def write_hf(
     hf = config.to_hf() | {
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},
-        "pad_token_id": batching.pad_id(tokenizer),
+        "pad_token_id": batches.pad_id(tokenizer),
         "eos_token_id": tokenizer.eos_token_id,
         "dtype": dtype,
         "torch_dtype": dtype,  # the key transformers < 5 and older vLLM read
@@ -96,8 +98,8 @@ def write_hf(
 def _target_modules(adapted: list[str], params: Any) -> list[str]:
     """peft ``target_modules``: a module kind (``q_proj``) when every layer's is adapted, else
     the full names of the adapted ones, so that peft adapts exactly these modules."""
-    names = [mapping.hf_module(m) for m in adapted]
-    every = [mapping.hf_module(m) for m in lora.target_paths(params, ".")]
+    names = [hf_keys.hf_module(m) for m in adapted]
+    every = [hf_keys.hf_module(m) for m in lora.target_paths(params, ".")]
     kinds = sorted({n.rpartition(".")[2] for n in names})
     out = []
     for kind in kinds:
@@ -114,10 +116,10 @@ def write_peft(out: Path, run: Any, base_name: str | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = run.cfg.lora
     adapters = flax.traverse_util.flatten_dict(run.trainable["adapters"], sep="/")
-    flat = {**adapters, peft_io.SCORE: run.trainable["params"]["score"]["kernel"]}
+    flat = {**adapters, peft_dir.SCORE: run.trainable["params"]["score"]["kernel"]}
     entries = []
     for path, value in flat.items():
-        name, transform = mapping.ours_to_peft(path)
+        name, transform = hf_keys.ours_to_peft(path)
         array = np.asarray(value)
         entries.append(
             (name, array.shape[::-1], array.dtype, lambda a=array, t=transform: t.to_hf(a))
@@ -141,8 +143,8 @@ def write_peft(out: Path, run: Any, base_name: str | None) -> None:
         "rank_pattern": {},
         "alpha_pattern": {},
     }
-    (out / peft_io.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    (out / peft_io.LABELS_FILE).write_text(json.dumps(run.label_names, ensure_ascii=False) + "\n")
+    (out / peft_dir.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    (out / peft_dir.LABELS_FILE).write_text(json.dumps(run.label_names, ensure_ascii=False) + "\n")
     run.tokenizer.save_pretrained(out)
 
 
@@ -151,8 +153,8 @@ def _hf_base(run: Any) -> str | None:
     path = Path(run.cfg.model.path) if run.cfg.model.path else None
     if run.train_base or path is None:
         return None
-    if (path / modeldir.META_FILE).is_file():
-        source = json.loads((path / modeldir.META_FILE).read_text()).get("source", "")
+    if (path / model_dir.META_FILE).is_file():
+        source = json.loads((path / model_dir.META_FILE).read_text()).get("source", "")
         path = Path(source)
     return str(path.absolute()) if (path / "config.json").is_file() else None
 
@@ -165,12 +167,12 @@ def write(run: Any, fmt: str, out: Path, dtype: str | None = None) -> Path:
     """Write a loaded run (``evaluation.load_run``) as ``fmt`` (peft | merged) into ``out``,
     atomically: built in ``OUT.tmp-<pid>``, renamed when complete."""
     out = Path(out).absolute()
-    modeldir.check_out_dir(out)
+    model_dir.check_out_dir(out)
     left = [k for k in ("projection",) if k in run.trainable["params"]]
     left += [f"extra/{k}" for k in run.trainable.get("extra", {})]
     if left:
         log.info("not exported (training only): %s", ", ".join(left))
-    with modeldir.atomic_dir(out) as tmp:
+    with model_dir.atomic_dir(out) as tmp:
         if fmt == "merged":
             params = jax.device_get(run.merged_params())
             dtype = dtype or _param_dtype(params)
@@ -189,9 +191,9 @@ def write(run: Any, fmt: str, out: Path, dtype: str | None = None) -> Path:
 
 def export(workdir: Path, ckpt: str, fmt: str, out: Path, dtype: str | None = None) -> Path:
     """Load run ``workdir`` at ``ckpt`` and write it as ``fmt`` into ``out``."""
-    from jaxcls.evaluation import load_run
+    from jaxcls.evaluate_run import load_run
 
-    modeldir.check_out_dir(Path(out))  # before the slow load
+    model_dir.check_out_dir(Path(out))  # before the slow load
     run, step = load_run(Path(workdir), ckpt)
     write(run, fmt, out, dtype)
     log.info("exported %s step %d as %s to %s", workdir, step, fmt, out)
@@ -200,7 +202,7 @@ def export(workdir: Path, ckpt: str, fmt: str, out: Path, dtype: str | None = No
 
 def main(argv: list[str] | None = None) -> int:
     from jaxcls import cli
-    from jaxcls.evaluation import split_ckpt
+    from jaxcls.evaluate_run import split_ckpt
 
     parser = argparse.ArgumentParser(
         prog="python -m jaxcls.export",

@@ -15,11 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls import lora, sharding, steps
-from jaxcls.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.config import load_config
 from jaxcls.errors import UserError
-from jaxcls.qwen3 import Qwen3Config
+from jaxcls.model import lora
+from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.model.qwen3 import Qwen3Config
+from jaxcls.train import sharding, steps
 
 # Every sharded dimension divides by 4 (vocab 100, hidden 64, MLP 88, 4 heads x 16).
 QWEN = Qwen3Config(

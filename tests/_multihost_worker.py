@@ -16,9 +16,9 @@ import sys
 import jax
 import numpy as np
 
-from jaxcls import distributed, sharding
 from jaxcls.config import load_config
-from jaxcls.trainer import Trainer
+from jaxcls.train import distributed, sharding
+from jaxcls.train.trainer import Trainer
 
 
 def device_ids(tree) -> list[int]:

@@ -166,7 +166,7 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
 _ZYGOTE = r"""
 import atexit, json, logging, os, resource, runpy, signal, sys, time, traceback
 sys.path.insert(0, os.getcwd())
-import jaxcls.trainer, jaxcls.evaluation, jaxcls.convert  # noqa: F401  (the slow imports)
+import jaxcls.train.trainer, jaxcls.evaluate_run, jaxcls.convert  # noqa: F401  (the slow imports)
 import absl.flags, ml_collections.config_flags  # noqa: F401
 
 def child(req):

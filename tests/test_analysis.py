@@ -19,9 +19,10 @@ import pandas as pd
 import pytest
 from matplotlib import image as mpimg
 
-from jaxcls import evaluation, trainer
-from jaxcls.checkpoint import Checkpoints
+from jaxcls import evaluate_run
 from jaxcls.config import load_config
+from jaxcls.train import trainer
+from jaxcls.train.checkpoints import Checkpoints
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
 STEPS, EVERY, WARMUP, RAMP, WEIGHT = 8, 2, 2, 4, 0.5
@@ -76,7 +77,7 @@ def run(tmp_path_factory) -> Path:
     ]
     cfg = load_config(TINY, overrides)
     result = trainer.train_and_evaluate(cfg)
-    evaluation.evaluate_after_training(cfg, result["workdir"])
+    evaluate_run.evaluate_after_training(cfg, result["workdir"])
     return Path(result["workdir"])
 
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from jaxcls import mapping, modeldir
-from jaxcls.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.convert import convert, load_hf, main
 from jaxcls.errors import UserError
-from jaxcls.modeldir import read_model
-from jaxcls.qwen3 import Qwen3Config
+from jaxcls.formats import hf_keys, model_dir
+from jaxcls.formats.model_dir import read_model
+from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.model.qwen3 import Qwen3Config
 
 
 def flat(tree) -> dict[str, np.ndarray]:
@@ -41,15 +41,15 @@ def test_table_covers_the_hf_checkpoint_both_ways(make_hf_model):
     hf_dir = make_hf_model()
     tensors = hf_tensors(hf_dir)
     config = Qwen3Config.from_hf(hf_dir)
-    want = mapping.expected_hf_shapes(config, num_labels=3)
+    want = hf_keys.expected_hf_shapes(config, num_labels=3)
     assert {k: v.shape for k, v in tensors.items()} == want
     for name, array in tensors.items():
-        path, transform = mapping.hf_to_ours(name)
-        assert mapping.ours_to_hf(path) == (name, transform)
+        path, transform = hf_keys.hf_to_ours(name)
+        assert hf_keys.ours_to_hf(path) == (name, transform)
         ours = transform.to_ours(array)
         assert ours.shape == transform.shape(array.shape)
         np.testing.assert_array_equal(transform.to_hf(ours), array)
-    assert mapping.hf_to_ours("lm_head.weight") is None and mapping.is_skipped("lm_head.weight")
+    assert hf_keys.hf_to_ours("lm_head.weight") is None and hf_keys.is_skipped("lm_head.weight")
 
 
 def test_table_matches_the_flax_param_tree():
@@ -60,7 +60,7 @@ def test_table_matches_the_flax_param_tree():
     ids = jnp.zeros((1, 4), jnp.int32)
     model = Qwen3Classifier(config, HeadConfig(num_labels=5))
     tree = jax.eval_shape(model.init, jax.random.key(0), ids, ids)["params"]
-    assert {k: v.shape for k, v in flat(tree).items()} == mapping.expected_param_shapes(config, 5)
+    assert {k: v.shape for k, v in flat(tree).items()} == hf_keys.expected_param_shapes(config, 5)
 
 
 def test_write_model_takes_jax_arrays(tmp_path):
@@ -71,7 +71,7 @@ def test_write_model_takes_jax_arrays(tmp_path):
     ids = jnp.zeros((1, 4), jnp.int32)
     params = Qwen3Classifier(config, HeadConfig(num_labels=2)).init(jax.random.key(1), ids, ids)
     id2label = {0: "no", 1: "yes"}
-    out = modeldir.write_model(
+    out = model_dir.write_model(
         tmp_path / "m", config, params["params"], id2label, tokenizer_dir=None, source="init"
     )
     loaded = read_model(out)
@@ -88,7 +88,7 @@ def test_convert_writes_a_model_dir_that_reads_back(make_hf_model, tmp_path, cap
     out = tmp_path / "model"
     assert main(["--hf", str(hf_dir), "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
-    meta = json.loads((out / modeldir.META_FILE).read_text())
+    meta = json.loads((out / model_dir.META_FILE).read_text())
     assert meta["format"] == "jaxcls-model" and meta["version"] == 1
     assert meta["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
     assert meta["param_dtype"] == "float32" and meta["qwen3"]["num_hidden_layers"] == 3
@@ -99,7 +99,7 @@ def test_convert_writes_a_model_dir_that_reads_back(make_hf_model, tmp_path, cap
     # Every tensor of the source, through the table, equals what the model dir holds.
     params = flat(loaded.params)
     for name, array in hf_tensors(hf_dir).items():
-        path, transform = mapping.hf_to_ours(name)
+        path, transform = hf_keys.hf_to_ours(name)
         np.testing.assert_array_equal(transform.to_hf(params[path]), array)
     # read_model also takes the HF dir itself, and casts on request.
     from_hf = read_model(hf_dir, dtype="bfloat16")
@@ -112,7 +112,7 @@ def test_convert_writes_a_model_dir_that_reads_back(make_hf_model, tmp_path, cap
 
 def test_bf16_model_dir_keeps_bf16(make_hf_model, tmp_path):
     out = convert(make_hf_model(dtype="bfloat16"), tmp_path / "m")
-    assert json.loads((out / modeldir.META_FILE).read_text())["param_dtype"] == "bfloat16"
+    assert json.loads((out / model_dir.META_FILE).read_text())["param_dtype"] == "bfloat16"
     leaves = jax.tree_util.tree_leaves(read_model(out).params)
     assert {x.dtype.name for x in leaves} == {"bfloat16"}
 
@@ -123,7 +123,7 @@ def test_causal_lm_becomes_a_base_model_without_lm_head(tie, make_hf_model, tmp_
     assert ("lm_head.weight" in hf_tensors(hf_dir)) == (not tie)
     config, params, id2label = load_hf(hf_dir)
     assert id2label is None and set(params) == {"model"}
-    assert set(flat(params)) == set(mapping.expected_param_shapes(config, None))
+    assert set(flat(params)) == set(hf_keys.expected_param_shapes(config, None))
     loaded = read_model(convert(hf_dir, tmp_path / "base"))
     assert loaded.id2label is None and "score" not in loaded.params
 
@@ -224,7 +224,7 @@ def test_failure_while_writing_leaves_nothing(make_hf_model, tmp_path, monkeypat
         (path / "half-written").write_text("x")
         raise OSError("disk full")
 
-    monkeypatch.setattr(modeldir, "_save_params", broken_save)
+    monkeypatch.setattr(model_dir, "_save_params", broken_save)
     with pytest.raises(OSError, match="disk full"):
         convert(make_hf_model(), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -248,9 +248,9 @@ def test_read_model_rejects_other_dirs(tmp_path):
 
 def test_read_model_checks_param_shapes(make_hf_model, tmp_path):
     out = convert(make_hf_model(), tmp_path / "m")
-    meta = json.loads((out / modeldir.META_FILE).read_text())
+    meta = json.loads((out / model_dir.META_FILE).read_text())
     meta["qwen3"]["intermediate_size"] = 89
-    (out / modeldir.META_FILE).write_text(json.dumps(meta))
+    (out / model_dir.META_FILE).write_text(json.dumps(meta))
     with pytest.raises(UserError, match="gate_proj/kernel has shape"):
         read_model(out)
 

@@ -1,4 +1,4 @@
-"""Readers, column detection, cleaning, validation errors and the label map (jaxcls.data)."""
+"""Readers, column detection, cleaning, validation errors and the label map (jaxcls.data.tables)."""
 
 import json
 import logging
@@ -8,7 +8,7 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from jaxcls import data
+from jaxcls.data import tables
 from jaxcls.errors import UserError
 
 TEXTS = ["这本书很好看", "质量太差了，不推荐", "hello world", "物流很快 👍", "一般般吧"]
@@ -43,10 +43,10 @@ def xlsx(path, rows):
     return path
 
 
-@pytest.mark.parametrize("ext", data.SUPPORTED)
+@pytest.mark.parametrize("ext", tables.SUPPORTED)
 def test_every_format_reads_texts_and_labels(tmp_path, ext):
     path = write(tmp_path / f"d{ext}", pd.DataFrame({"text": TEXTS, "label": LABELS}))
-    table = data.read_table(path)
+    table = tables.read_table(path)
     assert table.texts == TEXTS
     assert table.labels == LABELS
     assert (table.text_column, table.label_column) == ("text", "label")
@@ -55,7 +55,7 @@ def test_every_format_reads_texts_and_labels(tmp_path, ext):
 def test_json_of_columns(tmp_path):
     path = tmp_path / "d.json"
     path.write_text(json.dumps({"text": TEXTS, "label": LABELS}, ensure_ascii=False))
-    assert data.read_table(path).labels == LABELS
+    assert tables.read_table(path).labels == LABELS
 
 
 def test_gbk_csv(tmp_path):
@@ -63,7 +63,7 @@ def test_gbk_csv(tmp_path):
     pd.DataFrame({"text": TEXTS[:2], "label": LABELS[:2]}).to_csv(
         path, index=False, encoding="gb18030"
     )
-    assert data.read_table(path).texts == TEXTS[:2]
+    assert tables.read_table(path).texts == TEXTS[:2]
 
 
 @pytest.mark.parametrize(
@@ -81,41 +81,41 @@ def test_column_detection(tmp_path, header, text_col, label_col):
     pairs = zip(TEXTS, LABELS, strict=True)
     rows = [[i, *pair] if len(header) == 3 else list(pair) for i, pair in enumerate(pairs)]
     path = xlsx(tmp_path / "d.xlsx", [header, *rows])
-    table = data.read_table(path, text_col, label_col)
+    table = tables.read_table(path, text_col, label_col)
     assert table.texts == TEXTS and table.labels == LABELS
 
 
 def test_configured_column_missing_lists_columns(tmp_path):
     path = xlsx(tmp_path / "d.xlsx", [["text", "label"], ["a", "x"]])
     with pytest.raises(UserError, match=r"d\.xlsx.*'body'.*data\.text_column.*text, label"):
-        data.read_table(path, text_column="body")
+        tables.read_table(path, text_column="body")
     with pytest.raises(UserError, match=r"d\.xlsx.*'y'.*data\.label_column.*text, label"):
-        data.read_table(path, label_column="y")
+        tables.read_table(path, label_column="y")
 
 
 def test_no_text_or_label_column_found(tmp_path):
     path = xlsx(tmp_path / "d.xlsx", [["words", "label"], ["a", "x"]])
     with pytest.raises(UserError, match=r"d\.xlsx: no text column among: words, label"):
-        data.read_table(path)
+        tables.read_table(path)
     path = xlsx(tmp_path / "e.xlsx", [["text", "y"], ["a", "x"]])
     with pytest.raises(UserError, match=r"e\.xlsx: no label column among: text, y"):
-        data.read_table(path)
+        tables.read_table(path)
 
 
 def test_numbers_as_text_and_integer_labels(tmp_path):
     rows = [["text", "label"], [123, 10], [1.5, 2], ["abc", 1.0], [7.0, 2]]
-    table = data.read_table(xlsx(tmp_path / "d.xlsx", rows))
+    table = tables.read_table(xlsx(tmp_path / "d.xlsx", rows))
     assert table.texts == ["123", "1.5", "abc", "7"]
     assert table.labels == ["10", "2", "1", "2"]
-    names = data.build_label_map(table)
+    names = tables.build_label_map(table)
     assert names == ["1", "2", "10"]  # numeric order, not "1" < "10" < "2"
-    np.testing.assert_array_equal(data.encode_labels(table, names), [2, 1, 0, 1])
+    np.testing.assert_array_equal(tables.encode_labels(table, names), [2, 1, 0, 1])
 
 
 def test_csv_keeps_texts_verbatim(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("text,label\nNA,a\n007,b\n", encoding="utf-8")
-    assert data.read_table(path).texts == ["NA", "007"]
+    assert tables.read_table(path).texts == ["NA", "007"]
 
 
 def test_empty_rows_dropped_with_counts(tmp_path, caplog):
@@ -130,7 +130,7 @@ def test_empty_rows_dropped_with_counts(tmp_path, caplog):
     ]
     path = xlsx(tmp_path / "d.xlsx", rows)
     with caplog.at_level(logging.WARNING, logger="jaxcls"):
-        table = data.read_table(path)
+        table = tables.read_table(path)
     assert table.texts == ["good", "fine"]
     np.testing.assert_array_equal(table.rows, [2, 7])
     assert "dropped 2 rows with empty text in column 'text' (row 3, 4)" in caplog.text
@@ -139,17 +139,17 @@ def test_empty_rows_dropped_with_counts(tmp_path, caplog):
 
 def test_texts_only_keeps_rows_without_labels(tmp_path):
     path = xlsx(tmp_path / "d.xlsx", [["text", "label"], ["a", None], ["b", "x"]])
-    table = data.read_table(path, label_column=None)
+    table = tables.read_table(path, label_column=None)
     assert table.texts == ["a", "b"] and table.labels is None
 
 
 def test_jsonl_rows_are_line_numbers(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "a", "label": "x"}\n\n{"text": "b", "label": "q"}\n')
-    table = data.read_table(path)
+    table = tables.read_table(path)
     np.testing.assert_array_equal(table.rows, [1, 3])
     with pytest.raises(UserError, match=r"d\.jsonl.*'q' \(line 3\)"):
-        data.encode_labels(table, ["x", "y"])
+        tables.encode_labels(table, ["x", "y"])
 
 
 def text_file(name, content):
@@ -194,45 +194,47 @@ def _corrupt(tmp_path):
 )
 def test_bad_files(tmp_path, make, pattern):
     with pytest.raises(UserError, match=pattern):
-        data.read_table(make(tmp_path))
+        tables.read_table(make(tmp_path))
 
 
 def test_same_text_and_label_column(tmp_path):
     path = xlsx(tmp_path / "s.xlsx", [["text", "label"], ["a", 1]])
     with pytest.raises(UserError, match=r"s\.xlsx: column 'text' is both"):
-        data.read_table(path, "text", "text")
+        tables.read_table(path, "text", "text")
 
 
 def test_single_class(tmp_path):
-    table = data.read_table(xlsx(tmp_path / "d.xlsx", [["text", "label"], ["a", "x"], ["b", "x"]]))
+    table = tables.read_table(
+        xlsx(tmp_path / "d.xlsx", [["text", "label"], ["a", "x"], ["b", "x"]])
+    )
     with pytest.raises(UserError, match=r"d\.xlsx: column 'label' has only one class \('x'\)"):
-        data.build_label_map(table)
+        tables.build_label_map(table)
 
 
 def test_unseen_labels_name_file_rows_and_labels(tmp_path):
     rows = [["text", "label"], ["a", "x"], ["b", "new"], ["c", "y"], ["d", "new"], ["e", "odd"]]
-    table = data.read_table(xlsx(tmp_path / "val.xlsx", rows))
+    table = tables.read_table(xlsx(tmp_path / "val.xlsx", rows))
     with pytest.raises(UserError) as err:
-        data.encode_labels(table, ["x", "y"])
+        tables.encode_labels(table, ["x", "y"])
     msg = str(err.value)
     assert "val.xlsx" in msg and "column 'label'" in msg and "\n" not in msg
     assert "'new' (row 3, 5)" in msg and "'odd' (row 6)" in msg
 
 
 def test_label_map_sorted_and_round_trip(tmp_path):
-    table = data.read_table(
+    table = tables.read_table(
         write(tmp_path / "d.csv", pd.DataFrame({"text": TEXTS, "label": LABELS}))
     )
-    names = data.build_label_map(table)
+    names = tables.build_label_map(table)
     assert names == sorted(set(LABELS))
-    data.save_labels(tmp_path / "labels.json", names)
-    assert data.load_labels(tmp_path / "labels.json") == names
+    tables.save_labels(tmp_path / "labels.json", names)
+    assert tables.load_labels(tmp_path / "labels.json") == names
     assert json.loads((tmp_path / "labels.json").read_text()) == names
     expected = [names.index(x) for x in LABELS]
-    np.testing.assert_array_equal(data.encode_labels(table, names), expected)
+    np.testing.assert_array_equal(tables.encode_labels(table, names), expected)
 
 
 def test_load_labels_rejects_other_json(tmp_path):
     (tmp_path / "labels.json").write_text('{"a": 1}')
     with pytest.raises(UserError, match="labels.json: expected a JSON list"):
-        data.load_labels(tmp_path / "labels.json")
+        tables.load_labels(tmp_path / "labels.json")

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from jaxcls import data, demo
+from jaxcls.data import demo, tables
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -47,7 +47,7 @@ def test_full_split_is_stratified_80_10_10():
 def test_ensure_demo_data_writes_once(tmp_path):
     root = tmp_path / "demo"
     paths = demo.ensure_demo_data(root, max_per_class=100)
-    tables = {split: data.read_table(path) for split, path in paths.items()}
+    tables = {split: tables.read_table(path) for split, path in paths.items()}
     sizes = {split: Counter(t.labels) for split, t in tables.items()}
     assert sizes == {
         "train": {"positive": 80, "negative": 80},
@@ -73,9 +73,9 @@ def test_ensure_demo_data_writes_once(tmp_path):
     assert paths["train"].stat().st_mtime_ns == stamp  # reused, not rewritten
     (root / "meta.json").unlink()  # as after an interrupted first run
     demo.ensure_demo_data(root, max_per_class=100)
-    assert data.read_table(paths["train"]).texts == tables["train"].texts  # same seeded split
+    assert tables.read_table(paths["train"]).texts == tables["train"].texts  # same seeded split
     demo.ensure_demo_data(root, max_per_class=50)
-    assert len(data.read_table(paths["train"]).texts) == 80
+    assert len(tables.read_table(paths["train"]).texts) == 80
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxcls import UserError, export, peft_io, session, steps
+from jaxcls import UserError, export
 from jaxcls.config import load_config
-from jaxcls.evaluation import load_run
+from jaxcls.evaluate_run import load_run
+from jaxcls.formats import peft_dir
+from jaxcls.train import run_model, steps
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["negative", "neutral", "positive"]  # as the tiny HF model's id2label (conftest)
@@ -47,7 +49,7 @@ def torch_logits(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def trained(make_hf_model, tmp_path_factory, padded_batch):
     """(HF base, run dir, the run's logits on the padded batch) after 2 training steps."""
-    from jaxcls.trainer import Trainer
+    from jaxcls.train.trainer import Trainer
 
     hf_dir = make_hf_model()
     root = tmp_path_factory.mktemp("export")
@@ -111,7 +113,7 @@ def test_peft_export_loads_in_peft(trained, padded_batch, torch_forward, tmp_pat
     run, _ = load_run(workdir, "best")
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-        peft_io.load_merged(out).params,
+        peft_dir.load_merged(out).params,
         without_projection(run.merged_params()),
     )
 
@@ -142,7 +144,7 @@ def test_init_from_a_run_dir(trained, tmp_path):
         ROOT / "configs" / "tiny.py",
         [f"model.path={hf_dir}", f"lora.init_from={workdir}", "lora.rank=6", "lora.alpha=3.0"],
     )
-    run = session.build(cfg, tmp_path, LABELS, write_base=False)
+    run = run_model.build(cfg, tmp_path, LABELS, write_base=False)
     assert run.trainable["adapters"]["model"]["layers_1"]["mlp"]["up_proj"]["lora_a"].shape[1] == 6
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
@@ -168,7 +170,7 @@ def test_random_init_run_with_trained_base(tmp_path):
     from peft import AutoPeftModelForSequenceClassification
     from transformers import AutoModelForSequenceClassification
 
-    from jaxcls.trainer import Trainer
+    from jaxcls.train.trainer import Trainer
 
     data = write_data(tmp_path)
     cfg = load_config(
@@ -203,4 +205,4 @@ def test_random_init_run_with_trained_base(tmp_path):
     # session is built in the run dir only to reuse its saved random-init base.)
     cfg = load_config(ROOT / "configs" / "tiny.py", [f"lora.init_from={tmp_path / 'run'}"])
     with pytest.raises(UserError, match="also trained its random-init base"):
-        session.build(cfg, tmp_path / "run", LABELS, write_base=False)
+        run_model.build(cfg, tmp_path / "run", LABELS, write_base=False)

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxcls import cli
-from jaxcls.checkpoint import committed_steps
+from jaxcls.train.checkpoints import committed_steps
 
 TIMEOUT = 300  # seconds for any one run to reach the awaited point (a loaded 2-core machine)
 

@@ -1,4 +1,4 @@
-"""LoRA (jaxcls.lora) on a tiny Qwen3 classifier: exactness, peft semantics, no frozen grads."""
+"""LoRA (jaxcls.model.lora) on a tiny Qwen3: exactness, peft semantics, no frozen grads."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import scipy.stats
 from flax import traverse_util
 from jax.extend.core import jaxprs_in_params
 
-from jaxcls import lora
-from jaxcls.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.errors import UserError
-from jaxcls.qwen3 import Qwen3Config
+from jaxcls.model import lora
+from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.model.qwen3 import Qwen3Config
 
 # Distinct sizes (hidden 40 != heads * head_dim 48) so that no two axes can be mixed up.
 VOCAB, HIDDEN, INTER, LAYERS, HEADS, KV, HEAD_DIM = 97, 40, 56, 2, 4, 2, 12

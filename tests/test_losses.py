@@ -1,4 +1,4 @@
-"""jaxcls.losses against plain-Python loops over anchors and pairs (float64 references)."""
+"""jaxcls.train.losses against plain-Python loops over anchors and pairs (float64 references)."""
 
 import math
 
@@ -10,8 +10,8 @@ import pytest
 from jax.test_util import check_grads
 from sklearn.utils.class_weight import compute_class_weight
 
-from jaxcls import losses
 from jaxcls.errors import UserError
+from jaxcls.train import losses
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 # X64_CONSTANTS: jax 0.10.2 caches a NumPy array closed over inside `jax.enable_x64` as an int64

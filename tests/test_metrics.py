@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import silhouette_score
 
-from jaxcls.metrics import classification_metrics, feature_metrics
+from jaxcls.eval.metrics import classification_metrics, feature_metrics
 
 
 def test_classification_metrics_match_hand_counts():

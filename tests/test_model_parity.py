@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcls.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.convert import load_hf
 from jaxcls.errors import UserError
-from jaxcls.qwen3 import Qwen3Config, Qwen3Model
+from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.model.qwen3 import Qwen3Config, Qwen3Model
 
 VARIANTS = {
     "gqa": {},
@@ -122,7 +122,7 @@ def test_qwen3_1p7b_shapes_without_allocating():
 def test_scanned_layers_match_transformers(dtype, make_hf_model, padded_batch, torch_forward):
     """The scanned layer stack (model.scan_layers) on the steps' layout of the base (layers
     stacked, 16-bit kernels and embedding as integer bits) computes what HF computes."""
-    from jaxcls import layerstack
+    from jaxcls.model import layerstack
 
     hf_dir = make_hf_model(dtype=dtype)
     ids, mask = padded_batch

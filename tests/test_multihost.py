@@ -57,12 +57,13 @@ def make_model_dir(out: Path, tokenizer_dir: Path) -> Path:
     from _multidevice_worker import QWEN  # every sharded dimension divides by 4
     from transformers import AutoTokenizer
 
-    from jaxcls import backbone, modeldir
+    from jaxcls.formats import model_dir
+    from jaxcls.train import base_model
 
     vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
     config = dataclasses.replace(QWEN, vocab_size=vocab)
-    params = backbone.init_random(config, seed=0, param_dtype="float32")
-    return modeldir.write_model(
+    params = base_model.init_random(config, seed=0, param_dtype="float32")
+    return model_dir.write_model(
         out, config, params, None, tokenizer_dir=tokenizer_dir, source="test"
     )
 

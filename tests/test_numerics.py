@@ -22,11 +22,12 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache as cc
 
-from jaxcls import inputs, sharding
-from jaxcls.checkpoint import committed_steps
 from jaxcls.config import load_config
+from jaxcls.data import splits
 from jaxcls.errors import UserError
-from jaxcls.trainer import Trainer
+from jaxcls.train import sharding
+from jaxcls.train.checkpoints import committed_steps
+from jaxcls.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def poisoned(frozen):
 
 
 def batch(trainer: Trainer, step: int):
-    micro = inputs.micro_batches(trainer.batches, step, 1, trainer.run.pad_id)
+    micro = splits.micro_batches(trainer.batches, step, 1, trainer.run.pad_id)
     return sharding.put_batch(micro, trainer.mesh, batch_axis=1)
 
 

@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxcls import Classifier, UserError, mapping, peft_io, session, steps
+from jaxcls import Classifier, UserError
 from jaxcls.config import load_config
+from jaxcls.formats import hf_keys, peft_dir
+from jaxcls.train import run_model, steps
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
@@ -121,9 +123,9 @@ def test_adapter_alone_differs_from_base(adapters, padded_batch):
     with model.disable_adapter():
         plain = torch_logits(model, ids, mask)
     assert np.abs(adapted - plain).max() > 0.1
-    adapter = peft_io.read(path)
+    adapter = peft_dir.read(path)
     # peft's scales: alpha / r per module (rank_pattern / alpha_pattern), layers 0 and 2 only.
-    scales = {mapping.hf_module(m): s for m, (_, _, s) in adapter.lora.items()}
+    scales = {hf_keys.hf_module(m): s for m, (_, _, s) in adapter.lora.items()}
     assert scales == {
         f"model.layers.{i}.{name}": scale
         for i in (0, 2)
@@ -147,7 +149,7 @@ def session_logits(run, ids, mask) -> np.ndarray:
 
 def test_init_from_starts_at_the_adapter(adapters, hf_dir, padded_batch, tmp_path):
     """Training's step-0 state (rank 12 > the adapter's 8 and 4, scales folded into B)."""
-    from jaxcls.trainer import Trainer
+    from jaxcls.train.trainer import Trainer
 
     found, _, _ = adapters
     path, model = found["patterns"]
@@ -169,7 +171,7 @@ def test_init_from_starts_at_the_adapter(adapters, hf_dir, padded_batch, tmp_pat
     assert not np.any(adapters_["layers_1"]["self_attn"]["q_proj"]["lora_b"])
 
     # Labels in another order: the score head's columns follow them.
-    moved = session.build(cfg, tmp_path / "other", ["positive", "negative", "neutral"], False)
+    moved = run_model.build(cfg, tmp_path / "other", ["positive", "negative", "neutral"], False)
     score = run.trainable["params"]["score"]["kernel"]
     np.testing.assert_array_equal(moved.trainable["params"]["score"]["kernel"], score[:, [2, 0, 1]])
 
@@ -185,7 +187,7 @@ def test_init_from_that_does_not_fit(adapters, hf_dir, tmp_path, overrides, mess
     found, _, _ = adapters
     cfg = lora_cfg(hf_dir, found["patterns"][0], *overrides)
     with pytest.raises(UserError, match=re.escape(message)):
-        session.build(cfg, tmp_path, ["negative", "neutral", "positive"], write_base=False)
+        run_model.build(cfg, tmp_path, ["negative", "neutral", "positive"], write_base=False)
 
 
 def run_script(script: str, argv: list[str], monkeypatch) -> int:
@@ -253,7 +255,7 @@ def test_adapter_for_another_architecture(hf_dir, tmp_path, monkeypatch, capsys)
     config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "base_model_name_or_path": "gpt2"}
     (gpt2 / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="tensors that a Qwen3 model does not have"):
-        peft_io.read(gpt2)
+        peft_dir.read(gpt2)
     (gpt2 / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "IA3"}))
     with pytest.raises(UserError, match="LORA only"):
-        peft_io.read(gpt2)
+        peft_dir.read(gpt2)

@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcls import lora, qwen3, steps
-from jaxcls.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.config import load_config
+from jaxcls.model import lora, qwen3
+from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.train import steps
 
 N_IN, N_OUT, RANK, SCALE = 24, 40, 3, 7.0 / 3
 

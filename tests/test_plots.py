@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from jaxcls.errors import UserError
-from jaxcls.metrics import classification_metrics, feature_metrics
-from jaxcls.plots import (
+from jaxcls.eval.metrics import classification_metrics, feature_metrics
+from jaxcls.eval.plots import (
     _read_series,
     _stratified_subsample,
     plot_centroids,
@@ -16,7 +16,7 @@ from jaxcls.plots import (
     plot_curves,
     plot_tsne,
 )
-from jaxcls.report import write_report
+from jaxcls.eval.report import write_report
 
 NAMES = ["正面", "负面", "neutral"]
 

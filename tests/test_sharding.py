@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxcls import distributed, sharding
 from jaxcls.config import load_config
 from jaxcls.errors import UserError
+from jaxcls.train import distributed, sharding
 
 
 @pytest.mark.parametrize(

@@ -18,11 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcls import lora, losses, schedules, session, steps, trainer
-from jaxcls.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.config import load_config
 from jaxcls.errors import UserError
-from jaxcls.qwen3 import Qwen3Config
+from jaxcls.model import lora
+from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.model.qwen3 import Qwen3Config
+from jaxcls.train import losses, run_model, schedules, steps, trainer
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
 TOTAL = 40  # total_steps of the schedules (lr, temperature) in these tests
@@ -68,7 +69,7 @@ def tiny():
     params = jax.jit(model.init)(
         jax.random.PRNGKey(0), batch["input_ids"][0], batch["attention_mask"][0]
     )
-    heads, frozen = lora.partition(params["params"], session.HEADS)
+    heads, frozen = lora.partition(params["params"], run_model.HEADS)
     return types.SimpleNamespace(model=model, heads=heads, frozen=frozen, batch=batch)
 
 
@@ -109,7 +110,7 @@ def close_trees(a, b) -> bool:
     return all(np.allclose(x, y, rtol=1e-6, atol=1e-8) for x, y in leaves)
 
 
-# Closed forms, written out independently of jaxcls.schedules.
+# Closed forms, written out independently of jaxcls.train.schedules.
 
 
 def weight_closed_form(schedule: str, step: int, weight: float, warmup: int, ramp: int) -> float:

@@ -113,7 +113,7 @@ def tiny_cfg(tmp_path_factory):
 
 
 def test_resume_continues_with_the_same_batches_and_losses(tiny_cfg, tmp_path):
-    from jaxcls.trainer import Trainer
+    from jaxcls.train.trainer import Trainer
 
     full = tmp_path / "full"
     Trainer(tiny_cfg, full).fit()

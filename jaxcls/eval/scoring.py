@@ -9,7 +9,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxcls import batching, metrics, sharding
+from jaxcls.data import batches
+from jaxcls.eval import metrics
+from jaxcls.train import sharding
 
 PyTree = Any
 
@@ -18,7 +20,7 @@ def run_dataset(
     eval_step: Callable,
     trainable: PyTree,
     frozen: PyTree,
-    dataset: batching.Dataset,
+    dataset: batches.Dataset,
     batch_size: int,
     pad: int,
     max_length: int,
@@ -26,7 +28,7 @@ def run_dataset(
 ) -> dict[str, np.ndarray]:
     """Logits [n, C], features [n, F] and per-sample NLL [n] for every sample, in order."""
     outs: dict[str, list[np.ndarray]] = {"logits": [], "features": [], "nll": []}
-    for batch in batching.eval_batches(dataset, batch_size, pad, max_length):
+    for batch in batches.eval_batches(dataset, batch_size, pad, max_length):
         keep = batch["valid"] > 0
         result = eval_step(trainable, frozen, sharding.put_batch(batch, mesh))
         result = jax.device_get(result)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls.qwen3 import Linear, Qwen3Config, Qwen3Model
+from jaxcls.model.qwen3 import Linear, Qwen3Config, Qwen3Model
 
 Array = jax.Array
 

@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls import lora
 from jaxcls.errors import UserError
+from jaxcls.model import lora
 
 Array = jax.Array
 

@@ -20,9 +20,9 @@ from typing import Any
 import flax
 import numpy as np
 
-from jaxcls import mapping
 from jaxcls.convert import _read_safetensors, _read_torch
 from jaxcls.errors import UserError
+from jaxcls.formats import hf_keys
 
 log = logging.getLogger("jaxcls")
 
@@ -81,7 +81,7 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
 def _read_labels(path: Path) -> list[str] | None:
     """Label names saved with the adapter: our labels.json, or a config.json's id2label."""
     if (path / LABELS_FILE).is_file():
-        from jaxcls.data import load_labels
+        from jaxcls.data.tables import load_labels
 
         return load_labels(path / LABELS_FILE)
     if (path / "config.json").is_file():
@@ -101,7 +101,7 @@ def read(path: str | Path) -> Adapter:
     reader = _read_torch if files[0].suffix == ".bin" else _read_safetensors
     flat, unknown = {}, []
     for name, array in reader(files[0], lambda name, shape: True):
-        found = mapping.peft_to_ours(name)
+        found = hf_keys.peft_to_ours(name)
         if found is None:
             unknown.append(name)
         else:
@@ -115,7 +115,7 @@ def read(path: str | Path) -> Adapter:
     modules = sorted({k.rpartition("/")[0] for k in flat if k.endswith(("/lora_a", "/lora_b"))})
     for module in modules:
         a, b = flat.pop(f"{module}/lora_a", None), flat.pop(f"{module}/lora_b", None)
-        name = mapping.hf_module(module)
+        name = hf_keys.hf_module(module)
         if a is None or b is None or a.shape[1] != b.shape[0]:
             raise UserError(f"{files[0]}: {name} needs lora_A [r, in] and lora_B [out, r]")
         rank = a.shape[1]
@@ -135,7 +135,7 @@ def check(adapter: Adapter, flat: dict[str, Any]) -> None:
         if w is None or (a.shape[0], b.shape[1]) != np.shape(w):
             have = "none" if w is None else f"[{np.shape(w)[1]}, {np.shape(w)[0]}]"
             raise UserError(
-                f"{adapter.source}: {mapping.hf_module(module)} has lora_B @ lora_A "
+                f"{adapter.source}: {hf_keys.hf_module(module)} has lora_B @ lora_A "
                 f"[{b.shape[1]}, {a.shape[0]}] but the base model's weight is {have}; "
                 f"{adapter.hint()}"
             )
@@ -144,7 +144,7 @@ def check(adapter: Adapter, flat: dict[str, Any]) -> None:
         # The score head may have other labels than the base's (or the base none).
         want = (hidden, value.shape[1]) if path == SCORE else np.shape(flat.get(path, ()))
         if value.shape != want:
-            name, transform = mapping.ours_to_peft(path)
+            name, transform = hf_keys.ours_to_peft(path)
             raise UserError(
                 f"{adapter.source}: {name} has shape {list(transform.shape(value.shape))}, which "
                 f"does not fit the base model; {adapter.hint()}"
@@ -195,12 +195,12 @@ def base_dir(adapter: Adapter, base: str | Path | None) -> Path:
 
 
 def load_merged(path: str | Path, base: str | Path | None = None, dtype: str | None = None):
-    """A ``modeldir.LoadedModel`` of the base with the adapter merged, with labels."""
-    from jaxcls import modeldir
+    """A ``model_dir.LoadedModel`` of the base with the adapter merged, with labels."""
+    from jaxcls.formats import model_dir
 
     adapter = read(path)
-    loaded = modeldir.read_model(base_dir(adapter, base), dtype)
+    loaded = model_dir.read_model(base_dir(adapter, base), dtype)
     params = merge(loaded.params, adapter)
     labels = label_names(adapter, params["score"]["kernel"].shape[1], loaded.id2label)
-    tokenizer_dir = Path(path) if modeldir.tokenizer_files(Path(path)) else loaded.tokenizer_dir
-    return modeldir.LoadedModel(loaded.config, params, dict(enumerate(labels)), tokenizer_dir)
+    tokenizer_dir = Path(path) if model_dir.tokenizer_files(Path(path)) else loaded.tokenizer_dir
+    return model_dir.LoadedModel(loaded.config, params, dict(enumerate(labels)), tokenizer_dir)

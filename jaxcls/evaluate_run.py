@@ -13,9 +13,13 @@ import numpy as np
 import pandas as pd
 
 from jaxcls import config as config_lib
-from jaxcls import data, evaluate, layerstack, plots, report, rundir, session, sharding, steps
-from jaxcls.checkpoint import Checkpoints, abstract
+from jaxcls.data import tables
 from jaxcls.errors import UserError
+from jaxcls.eval import plots, report, scoring
+from jaxcls.formats import run_dir
+from jaxcls.model import layerstack
+from jaxcls.train import run_model, sharding, steps
+from jaxcls.train.checkpoints import Checkpoints, abstract
 
 log = logging.getLogger("jaxcls")
 
@@ -28,21 +32,21 @@ def split_ckpt(workdir: str | None, ckpt: str) -> tuple[Path, str]:
     path = Path(ckpt)
     if path.name.isdigit() and path.parent.name == "checkpoints" and path.is_dir():
         return path.parent.parent, path.name
-    return rundir.find_run(workdir), ckpt
+    return run_dir.find_run(workdir), ckpt
 
 
-def load_run(workdir: Path, ckpt: str = "best") -> tuple[session.Session, int]:
+def load_run(workdir: Path, ckpt: str = "best") -> tuple[run_model.Session, int]:
     """The run's session with the trainable state of checkpoint ``ckpt``, and its step."""
-    config_file = workdir / rundir.CONFIG
+    config_file = workdir / run_dir.CONFIG
     if not config_file.is_file():
-        raise UserError(f"{workdir}: no {rundir.CONFIG}; is this a jaxcls run directory?")
+        raise UserError(f"{workdir}: no {run_dir.CONFIG}; is this a jaxcls run directory?")
     cfg = config_lib.config_from_json(config_file.read_text(encoding="utf-8"))
-    label_names = data.load_labels(workdir / rundir.LABELS)
+    label_names = tables.load_labels(workdir / run_dir.LABELS)
     ckpts = Checkpoints(
         workdir / "checkpoints", cfg.train.best_metric, cfg.train.best_mode, cfg.train.keep_best
     )
     step = ckpts.resolve(ckpt)  # before the slow model build: a wrong --ckpt fails at once
-    run = session.build(cfg, workdir, label_names, write_base=False, warm_start=False)
+    run = run_model.build(cfg, workdir, label_names, write_base=False, warm_start=False)
     optimizer = steps.make_optimizer(cfg.optim, 1)
     target = steps.TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -58,9 +62,9 @@ def load_run(workdir: Path, ckpt: str = "best") -> tuple[session.Session, int]:
     return run, step
 
 
-def evaluate_file(run: session.Session, path: str) -> tuple[dict, dict, data.Table]:
+def evaluate_file(run: run_model.Session, path: str) -> tuple[dict, dict, tables.Table]:
     """Score the run on a labelled file: (metrics, raw outputs, table)."""
-    table = session.read_table(run.cfg, path)
+    table = run_model.read_table(run.cfg, path)
     dataset = run.dataset(table)
     mesh = sharding.make_mesh(run.cfg.devices, run.cfg.mesh.fsdp)
     sharding.check_batch_size(run.cfg.train.eval_batch_size, mesh, "train.eval_batch_size")
@@ -73,15 +77,17 @@ def evaluate_file(run: session.Session, path: str) -> tuple[dict, dict, data.Tab
     run.frozen = None
     frozen = run.frozen = sharding.move_params(layout, mesh)
     trainable = sharding.put_params(run.trainable, mesh)
-    outputs = evaluate.run_dataset(
+    outputs = scoring.run_dataset(
         eval_step, trainable, frozen, dataset, run.cfg.train.eval_batch_size, run.pad_id,
         run.cfg.data.max_length, mesh,
     )  # fmt: skip
-    result = evaluate.score(outputs, dataset.labels, run.label_names)
+    result = scoring.score(outputs, dataset.labels, run.label_names)
     return result, {**outputs, "labels": dataset.labels}, table
 
 
-def write_outputs(run: session.Session, result: dict, outputs: dict, table: data.Table, out: Path):
+def write_outputs(
+    run: run_model.Session, result: dict, outputs: dict, table: tables.Table, out: Path
+):
     """eval/metrics.json, predictions.xlsx, the pictures and report.html."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
@@ -105,13 +111,13 @@ def write_outputs(run: session.Session, result: dict, outputs: dict, table: data
     plots.plot_confusion(result["confusion_matrix"], names, images["Confusion matrix"])
     plots.plot_tsne(outputs["features"], outputs["labels"], names, images["t-SNE of the features"])
     plots.plot_centroids(result["centroid_similarity"], names, images["Class-centroid similarity"])
-    curves = run.workdir / rundir.METRICS
+    curves = run.workdir / run_dir.METRICS
     if curves.is_file():
         images["Training curves"] = out / "curves.png"
         plots.plot_curves(curves, images["Training curves"])
     report.write_report(
         out / "report.html",
-        evaluate.scalars(result),
+        scoring.scalars(result),
         result["per_class"],
         images,
         title=f"jaxcls evaluation: {run.workdir.name}",
@@ -141,8 +147,8 @@ def print_summary(result: dict, names: list[str]) -> None:
 
 
 def evaluate_after_training(cfg: Any, workdir: str | Path) -> None:
-    """Evaluate the best checkpoint on ``data.test`` (the demo's test split by default)."""
-    from jaxcls.inputs import data_paths
+    """Evaluate the best checkpoint on ``tables.test`` (the demo's test split by default)."""
+    from jaxcls.data.splits import data_paths
 
     test = data_paths(cfg)["test"]
     if not Path(test).is_file():

@@ -21,9 +21,9 @@ import flax
 import jax
 import numpy as np
 
-from jaxcls import mapping
 from jaxcls.errors import UserError
-from jaxcls.qwen3 import Qwen3Config
+from jaxcls.formats import hf_keys
+from jaxcls.model.qwen3 import Qwen3Config
 
 FORMAT = "jaxcls-model"
 VERSION = 1
@@ -187,7 +187,7 @@ def _read_ours(path: Path, dtype: str | None) -> LoadedModel:
     config = Qwen3Config.from_dict(meta["qwen3"])
     id2label = meta["id2label"]
     id2label = None if id2label is None else {int(k): v for k, v in id2label.items()}
-    expected = mapping.expected_param_shapes(config, None if id2label is None else len(id2label))
+    expected = hf_keys.expected_param_shapes(config, None if id2label is None else len(id2label))
     params_dir = (path / PARAMS_DIR).absolute()
     if not params_dir.is_dir():
         raise UserError(f"{params_dir}: missing; the model dir is incomplete, reconvert it")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxcls.qwen3 import Qwen3Config
+from jaxcls.model.qwen3 import Qwen3Config
 
 
 @dataclasses.dataclass(frozen=True)

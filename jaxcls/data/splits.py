@@ -10,24 +10,26 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from jaxcls import batching, data, rundir, session
+from jaxcls.data import batches, tables
 from jaxcls.errors import UserError
+from jaxcls.formats import run_dir
+from jaxcls.train import run_model
 
 log = logging.getLogger("jaxcls")
 
 
 def data_paths(cfg: Any) -> dict[str, str]:
-    """``data.train/val/test``; with no training file, the embedded demo's three splits."""
+    """``tables.train/val/test``; with no training file, the embedded demo's three splits."""
     paths = {"train": cfg.data.train, "val": cfg.data.val, "test": cfg.data.test}
     if not paths["train"]:
-        from jaxcls.demo import ensure_demo_data
+        from jaxcls.data.demo import ensure_demo_data
 
         demo = ensure_demo_data()
         paths = {k: v or str(demo[k]) for k, v in paths.items()}
     return paths
 
 
-def split_table(table: data.Table, n: int, seed: int) -> tuple[data.Table, data.Table]:
+def split_table(table: tables.Table, n: int, seed: int) -> tuple[tables.Table, tables.Table]:
     """A seeded, stratified split into ``n`` rows and the rest."""
     index = np.arange(len(table.texts))
     _, counts = np.unique(table.labels, return_counts=True)
@@ -36,7 +38,7 @@ def split_table(table: data.Table, n: int, seed: int) -> tuple[data.Table, data.
     return _rows(table, np.sort(first)), _rows(table, np.sort(rest))
 
 
-def _rows(table: data.Table, keep: np.ndarray) -> data.Table:
+def _rows(table: tables.Table, keep: np.ndarray) -> tables.Table:
     return dataclasses.replace(
         table,
         texts=[table.texts[i] for i in keep],
@@ -45,24 +47,24 @@ def _rows(table: data.Table, keep: np.ndarray) -> data.Table:
     )
 
 
-def read_train_val(cfg: Any, paths: dict[str, str]) -> tuple[data.Table, data.Table, list[str]]:
+def read_train_val(cfg: Any, paths: dict[str, str]) -> tuple[tables.Table, tables.Table, list[str]]:
     """Training and validation tables and the label map (from the whole training file).
 
     Without a validation file, 10% of the training rows are held out for validation. The
     validation and test files' labels are checked here, before any slow work: a bad test
     file fails now, not after training.
     """
-    train = session.read_table(cfg, paths["train"])
-    label_names = data.build_label_map(train)
+    train = run_model.read_table(cfg, paths["train"])
+    label_names = tables.build_label_map(train)
     if paths["test"]:
-        data.encode_labels(session.read_table(cfg, paths["test"]), label_names)
+        tables.encode_labels(run_model.read_table(cfg, paths["test"]), label_names)
     if paths["val"]:
-        val = session.read_table(cfg, paths["val"])
-        data.encode_labels(val, label_names)
+        val = run_model.read_table(cfg, paths["val"])
+        tables.encode_labels(val, label_names)
     else:
         n_val = max(len(set(train.labels)), len(train.texts) // 10)
         train, val = split_table(train, len(train.texts) - n_val, cfg.seed)
-        log.info("no data.val: holding out %d training rows for validation", len(val.texts))
+        log.info("no tables.val: holding out %d training rows for validation", len(val.texts))
     n = cfg.data.max_train_samples
     if 0 < n < len(train.texts):
         train, _ = split_table(train, n, cfg.seed)
@@ -71,15 +73,15 @@ def read_train_val(cfg: Any, paths: dict[str, str]) -> tuple[data.Table, data.Ta
 
 def check_labels(workdir: Path, label_names: list[str]) -> None:
     """A run dir keeps its label map: resuming with other labels is an error."""
-    path = workdir / rundir.LABELS
-    if path.is_file() and data.load_labels(path) != label_names:
+    path = workdir / run_dir.LABELS
+    if path.is_file() and tables.load_labels(path) != label_names:
         raise UserError(
-            f"{path} has labels {data.load_labels(path)} but the training file gives "
+            f"{path} has labels {tables.load_labels(path)} but the training file gives "
             f"{label_names}; train into a new workdir (--config.workdir=...)"
         )
 
 
-def micro_batches(batches: batching.TrainBatches, step: int, n: int, pad: int) -> dict:
+def micro_batches(batches: batches.TrainBatches, step: int, n: int, pad: int) -> dict:
     """Batch ``step`` as ``n`` micro-batches [n, B, ...] padded to one length bucket."""
     parts = [batches(step * n + i) for i in range(n)]
     width = max(p["input_ids"].shape[1] for p in parts)

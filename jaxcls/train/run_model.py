@@ -16,10 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls import backbone, batching, data, lora, peft_io, steps, warmstart
-from jaxcls.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.data import batches, tables
 from jaxcls.errors import UserError
-from jaxcls.qwen3 import Qwen3Config
+from jaxcls.model import lora
+from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.model.qwen3 import Qwen3Config
+from jaxcls.train import base_model, steps, warmstart
 
 log = logging.getLogger("jaxcls")
 
@@ -41,11 +43,11 @@ class Session:
 
     @property
     def pad_id(self) -> int:
-        return batching.pad_id(self.tokenizer)
+        return batches.pad_id(self.tokenizer)
 
-    def dataset(self, table: data.Table, labelled: bool = True) -> batching.Dataset:
+    def dataset(self, table: tables.Table, labelled: bool = True) -> batches.Dataset:
         names = self.label_names if labelled else None
-        return batching.make_dataset(
+        return batches.make_dataset(
             table, self.tokenizer, names, self.cfg.data.max_length, self.cfg.data.template
         )
 
@@ -59,22 +61,22 @@ class Session:
 def from_peft(cfg: Any, peft_dir: str | Path) -> Session:
     """An inference session of a peft adapter on ``model.path`` (empty: the adapter's
     base_model_name_or_path): LoRA merged into the kernels, the adapter's score head."""
-    loaded = peft_io.load_merged(peft_dir, cfg.model.path, cfg.model.param_dtype)
+    loaded = peft_dir.load_merged(peft_dir, cfg.model.path, cfg.model.param_dtype)
     if loaded.tokenizer_dir is None:
         raise_no_tokenizer(cfg)
     labels = [loaded.id2label[i] for i in sorted(loaded.id2label)]
     model = Qwen3Classifier(loaded.config, HeadConfig.from_config(cfg.model, len(labels)))
     heads, frozen = lora.partition(loaded.params, HEADS)
     trainable = {"adapters": {}, "params": heads, "extra": steps.init_extra(cfg.contrastive)}
-    tokenizer = backbone.load_tokenizer(loaded.tokenizer_dir)
+    tokenizer = base_model.load_tokenizer(loaded.tokenizer_dir)
     return Session(
         cfg, Path(peft_dir), loaded.config, model, tokenizer, labels, trainable, frozen, False
     )
 
 
-def read_table(cfg: Any, path: str, labelled: bool = True) -> data.Table:
+def read_table(cfg: Any, path: str, labelled: bool = True) -> tables.Table:
     label_column = cfg.data.label_column if labelled else None
-    return data.read_table(path, cfg.data.text_column, label_column)
+    return tables.read_table(path, cfg.data.text_column, label_column)
 
 
 def build(
@@ -89,10 +91,10 @@ def build(
     ``warm_start`` starts the adapters from ``lora.init_from``; a run restored from its own
     checkpoint does not need (or re-read) that source.
     """
-    loaded = backbone.load_backbone(cfg, workdir, write=write_base)
+    loaded = base_model.load_backbone(cfg, workdir, write=write_base)
     if loaded.tokenizer_dir is None:
         raise_no_tokenizer(cfg)
-    tokenizer = backbone.load_tokenizer(loaded.tokenizer_dir)
+    tokenizer = base_model.load_tokenizer(loaded.tokenizer_dir)
     head = HeadConfig.from_config(cfg.model, len(label_names))
     _check_feature_layer(head, loaded.config)
     model = Qwen3Classifier(loaded.config, head)

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcls import layerstack, lora, losses, schedules
-from jaxcls.classifier import Qwen3Classifier
+from jaxcls.model import layerstack, lora
+from jaxcls.model.classifier import Qwen3Classifier
+from jaxcls.train import losses, schedules
 
 Array = jax.Array
 PyTree = Any

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from transformers import AutoTokenizer
 
-from jaxcls import modeldir
-from jaxcls.classifier import DTYPES
 from jaxcls.errors import UserError
-from jaxcls.qwen3 import Qwen3Config, Qwen3Model
+from jaxcls.formats import model_dir
+from jaxcls.model.classifier import DTYPES
+from jaxcls.model.qwen3 import Qwen3Config, Qwen3Model
 
 log = logging.getLogger("jaxcls")
 
@@ -57,18 +57,18 @@ def init_random(config: Qwen3Config, seed: int, param_dtype: str) -> dict[str, A
     return {"model": jax.tree_util.tree_map(np.asarray, params)}
 
 
-def load_backbone(cfg: Any, workdir: Path, write: bool = True) -> modeldir.LoadedModel:
+def load_backbone(cfg: Any, workdir: Path, write: bool = True) -> model_dir.LoadedModel:
     """The run's starting model: ``model.path``, or the random-init base saved in the run dir.
 
     A random-init base is saved once as ``workdir/base`` (with the Qwen tokenizer), so the
     run can be resumed, evaluated and exported without re-deriving it from a seed.
     """
     if cfg.model.path:
-        return modeldir.read_model(cfg.model.path, dtype=cfg.model.param_dtype)
+        return model_dir.read_model(cfg.model.path, dtype=cfg.model.param_dtype)
     base = workdir / BASE_DIR
-    if (base / modeldir.META_FILE).is_file():
-        return modeldir.read_model(base, dtype=cfg.model.param_dtype)
-    from jaxcls.demo import qwen_tokenizer_dir
+    if (base / model_dir.META_FILE).is_file():
+        return model_dir.read_model(base, dtype=cfg.model.param_dtype)
+    from jaxcls.data.demo import qwen_tokenizer_dir
 
     tok_dir = qwen_tokenizer_dir()
     config = random_config(cfg.model, len(load_tokenizer(tok_dir)))
@@ -78,7 +78,7 @@ def load_backbone(cfg: Any, workdir: Path, write: bool = True) -> modeldir.Loade
         cfg.model.preset, config.hidden_size, config.num_hidden_layers,
     )  # fmt: skip
     if write:
-        modeldir.write_model(
+        model_dir.write_model(
             base, config, params, None, tokenizer_dir=tok_dir, source=f"random:{cfg.model.preset}"
         )
-    return modeldir.LoadedModel(config, params, None, tok_dir)
+    return model_dir.LoadedModel(config, params, None, tok_dir)

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxcls import data
+from jaxcls.data import tables
 from jaxcls.errors import UserError
 
 
-def read_texts(path: str, text_column: str = "") -> data.Table:
+def read_texts(path: str, text_column: str = "") -> tables.Table:
     """The texts of a file (a label column, if any, is ignored)."""
-    return data.read_table(path, text_column, label_column=None)
+    return tables.read_table(path, text_column, label_column=None)
 
 
 def frame(texts: Sequence[str], probs: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:

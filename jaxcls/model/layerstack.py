@@ -104,7 +104,7 @@ def unstack_layers(tree: PyTree) -> PyTree:
 
 def _to_bits(x: Any) -> Any:
     """A 16-bit float array as its integer bits (a NumPy view: no copy); others unchanged."""
-    from jaxcls.lora import KERNEL_BITS
+    from jaxcls.model.lora import KERNEL_BITS
 
     bits = KERNEL_BITS.get(np.dtype(x.dtype))
     if bits is None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxcls.data import Table, encode_labels
+from jaxcls.data.tables import Table, encode_labels
 from jaxcls.errors import UserError
 
 log = logging.getLogger("jaxcls")

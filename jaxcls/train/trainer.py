@@ -19,22 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxcls import (
-    batching,
-    data,
-    evaluate,
-    inputs,
-    layerstack,
-    lora,
-    rundir,
-    schedules,
-    session,
-    sharding,
-    steps,
-)
 from jaxcls import config as config_lib
-from jaxcls.checkpoint import Checkpoints, abstract, check_same_model, committed_steps
+from jaxcls.data import batches, splits, tables
 from jaxcls.errors import UserError
+from jaxcls.eval import scoring
+from jaxcls.formats import run_dir
+from jaxcls.model import layerstack, lora
+from jaxcls.train import run_model, schedules, sharding, steps
+from jaxcls.train.checkpoints import Checkpoints, abstract, check_same_model, committed_steps
 
 log = logging.getLogger("jaxcls")
 
@@ -45,7 +37,7 @@ SCHEDULED = ("con_weight", "temperature")
 
 def check_best_metric(name: str) -> None:
     """``train.best_metric`` must name a validation metric that ``validate`` logs."""
-    known = [f"val/{key}" for key in evaluate.SCALARS]
+    known = [f"val/{key}" for key in scoring.SCALARS]
     if name not in known:
         raise UserError(
             f"config key 'train.best_metric' is {name!r}; use one of: {', '.join(known)}"
@@ -98,12 +90,12 @@ class Trainer:
         sharding.check_batch_size(cfg.train.eval_batch_size, self.mesh, "train.eval_batch_size")
 
         # Input.
-        train_table, val_table, self.label_names = inputs.read_train_val(
-            cfg, inputs.data_paths(cfg)
+        train_table, val_table, self.label_names = splits.read_train_val(
+            cfg, splits.data_paths(cfg)
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        inputs.check_labels(self.workdir, self.label_names)
-        saved_config = self.workdir / rundir.CONFIG
+        splits.check_labels(self.workdir, self.label_names)
+        saved_config = self.workdir / run_dir.CONFIG
         if saved_config.is_file():
             saved = config_lib.config_from_json(saved_config.read_text(encoding="utf-8"))
             check_same_model(saved.to_dict(), cfg, self.workdir)
@@ -114,9 +106,9 @@ class Trainer:
             )
 
         # Model and optimizer.
-        self.run = session.build(cfg, self.workdir, self.label_names, write_base=self.main)
+        self.run = run_model.build(cfg, self.workdir, self.label_names, write_base=self.main)
         self.train_set, self.val_set = self.run.dataset(train_table), self.run.dataset(val_table)
-        self.batches = batching.TrainBatches(
+        self.batches = batches.TrainBatches(
             self.train_set, cfg.train.batch_size, cfg.seed, cfg.data.sampler, self.run.pad_id,
             cfg.data.max_length, cfg.data.min_bucket_batches,
         )  # fmt: skip
@@ -157,7 +149,7 @@ class Trainer:
             self.workdir / "checkpoints", cfg.train.best_metric, cfg.train.best_mode,
             cfg.train.keep_best, writer=True,  # every process: Orbax syncs them all
         )  # fmt: skip
-        self.metrics_log = rundir.MetricsLog(self.workdir / rundir.METRICS, enabled=self.main)
+        self.metrics_log = run_dir.MetricsLog(self.workdir / run_dir.METRICS, enabled=self.main)
         self.meta = {"best_value": None, "best_step": None, "bad_evals": 0, "finished": False}
         latest = self.ckpts.latest_step()
         if latest is not None:
@@ -167,9 +159,9 @@ class Trainer:
         # failing command never overwrites a good run's config, labels or metrics.
         self.metrics_log.truncate_after(-1 if latest is None else latest)
         if self.main:
-            rundir.write_atomic(self.workdir / rundir.CONFIG, config_lib.config_to_json(cfg))
-            data.save_labels(self.workdir / rundir.LABELS, self.label_names)
-            rundir.mark_latest(self.workdir)
+            run_dir.write_atomic(self.workdir / run_dir.CONFIG, config_lib.config_to_json(cfg))
+            tables.save_labels(self.workdir / run_dir.LABELS, self.label_names)
+            run_dir.mark_latest(self.workdir)
 
         # Update step.
         replicated = sharding.replicated(self.mesh)
@@ -197,11 +189,11 @@ class Trainer:
     def validate(self, step: int) -> dict[str, float]:
         """Validation metrics (``val/...``), logged to metrics.jsonl."""
         cfg = self.cfg
-        outputs = evaluate.run_dataset(
+        outputs = scoring.run_dataset(
             self.eval_step, self.state.trainable, self.frozen, self.val_set,
             cfg.train.eval_batch_size, self.run.pad_id, cfg.data.max_length, self.mesh,
         )  # fmt: skip
-        result = evaluate.scalars(evaluate.score(outputs, self.val_set.labels, self.label_names))
+        result = scoring.scalars(scoring.score(outputs, self.val_set.labels, self.label_names))
         self.metrics_log.write(step, "val", result)
         return {f"val/{k}": v for k, v in result.items()}
 
@@ -264,7 +256,7 @@ class Trainer:
             for step in range(start, self.n_steps):
                 if self.meta["finished"]:
                     break
-                batch = inputs.micro_batches(
+                batch = splits.micro_batches(
                     self.batches, step, int(cfg.optim.accumulate), self.run.pad_id
                 )
                 placed = sharding.put_batch(batch, self.mesh, batch_axis=1)

@@ -16,9 +16,10 @@ import flax
 import jax
 import numpy as np
 
-from jaxcls import lora, mapping
 from jaxcls.errors import UserError
-from jaxcls.peft_io import SCORE, Adapter, check, read
+from jaxcls.formats import hf_keys
+from jaxcls.formats.peft_dir import SCORE, Adapter, check, read
+from jaxcls.model import lora
 
 log = logging.getLogger("jaxcls")
 
@@ -39,7 +40,7 @@ def fit(adapter: Adapter, params: Any, cfg: lora.LoRAConfig, fresh: Any) -> Any:
     for module, (a, b, scale) in adapter.lora.items():
         if module not in targets:
             raise UserError(
-                f"lora.init_from {adapter.source}: adapts {mapping.hf_module(module)}, which "
+                f"lora.init_from {adapter.source}: adapts {hf_keys.hf_module(module)}, which "
                 f"lora.targets {cfg.targets!r} does not match; widen lora.targets"
             )
         rank = a.shape[1]  # fresh A columns and zero B rows (lora.init) beyond it
@@ -71,7 +72,7 @@ def fit_score(
 
 def from_run(workdir: str | Path, model_path: str) -> Adapter:
     """The adapters and score head of a jaxcls run's best checkpoint, as an ``Adapter``."""
-    from jaxcls.evaluation import load_run  # evaluation imports session, which imports us
+    from jaxcls.evaluate_run import load_run  # evaluation imports session, which imports us
 
     run, step = load_run(Path(workdir), "best")
     source = f"{workdir} (step {step})"

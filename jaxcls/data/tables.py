@@ -1,7 +1,7 @@
 """Labelled text tables: readers, validation, the label map and tokenization.
 
 A file is read once into a :class:`Table`: cleaned texts, string labels, and where each row
-came from (for error messages). :func:`jaxcls.batching.make_dataset` tokenizes a table and
+came from (for error messages). :func:`jaxcls.data.batches.make_dataset` tokenizes a table and
 encodes its labels with the map built here from the training file.
 """
 
