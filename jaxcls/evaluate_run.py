@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from jaxcls import config as config_lib
+from jaxcls import runtime
 from jaxcls.data import tables
 from jaxcls.errors import UserError
 from jaxcls.eval import plots, report, scoring
@@ -46,7 +47,8 @@ def load_run(workdir: Path, ckpt: str = "best") -> tuple[run_model.Session, int]
         workdir / "checkpoints", cfg.train.best_metric, cfg.train.best_mode, cfg.train.keep_best
     )
     step = ckpts.resolve(ckpt)  # before the slow model build: a wrong --ckpt fails at once
-    run = run_model.build(cfg, workdir, label_names, write_base=False, warm_start=False)
+    with runtime.large_blocks_unmapped_on_free():
+        run = run_model.build(cfg, workdir, label_names, write_base=False, warm_start=False)
     optimizer = steps.make_optimizer(cfg.optim, 1)
     target = steps.TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -73,9 +75,10 @@ def evaluate_file(run: run_model.Session, path: str) -> tuple[dict, dict, tables
         steps.make_eval_step(run.model, run.cfg), out_shardings=sharding.replicated(mesh)
     )
     # The steps' layout; the host copy is released as the base moves (see Trainer).
-    layout = layerstack.step_layout(run.frozen, steps.scanned_layers(run.model), consume=True)
-    run.frozen = None
-    frozen = run.frozen = sharding.move_params(layout, mesh)
+    with runtime.large_blocks_unmapped_on_free():
+        layout = layerstack.step_layout(run.frozen, steps.scanned_layers(run.model), consume=True)
+        run.frozen = None
+        frozen = run.frozen = sharding.move_params(layout, mesh)
     trainable = sharding.put_params(run.trainable, mesh)
     outputs = scoring.run_dataset(
         eval_step, trainable, frozen, dataset, run.cfg.train.eval_batch_size, run.pad_id,
