@@ -1,18 +1,18 @@
-"""jaxcls at the real Qwen3 sizes: memory and speed of training and inference on a checkpoint.
+"""jaxcls at the real Qwen3 sizes: peak memory of training and inference on a checkpoint.
 
-    python benchmarks/real_size.py --shape 1.7b                 # build, convert, measure
-    python benchmarks/real_size.py --memory-only                # compiled-step memory table
+    python benchmarks/real_size.py --shape 1.7b          # build, convert, measure, table
+    python benchmarks/real_size.py --memory-only         # only the compiled-step table
 
 Builds once (cached under $JAXCLS_CACHE or ~/.cache/jaxcls) a random Hugging Face
 checkpoint of a named Qwen3 shape (bf16, ~1 GiB safetensors shards, the real vocabulary;
 written shard by shard, never a whole float32 model in memory) and its jaxcls conversion
-(``python -m jaxcls.convert --dtype bfloat16``). Then, each in a process of its own so that
-peak RSS is that stage's: jaxcls training (``train.py``, ``--steps`` steps), jaxcls inference
-(``eval.py``), and transformers + peft on the same checkpoint, batch and LoRA settings
-(``benchmarks/torch_side.py``), with compile time, seconds per step, tokens/s and MFU.
-Also prints, for the accelerator setting (bf16 compute and params, batch 8 x 512, remat on
-and off), the compiled train step's memory (``memory_analysis()``) of each shape, from
-abstract shapes (no weights allocated). The last line is one JSON object.
+(``python -m jaxcls.convert --dtype bfloat16``). Then runs ``train.py`` (configs/margin.py,
+bf16 params, remat, batch 8 x 32, ``--steps`` steps, small text files) and ``eval.py`` on
+the run, each in its own process, and reports wall time and peak RSS against the weights.
+Last, for the accelerator setting (bf16 compute and params, batch 8 x 512, remat on and
+off), the compiled train step's memory (``memory_analysis()``) of each shape, from abstract
+shapes (no weights allocated). The last line is one JSON object.
+Not yet here (issue 16, part 3): the transformers + peft side, step time, MFU.
 """
 
 from __future__ import annotations
@@ -73,6 +73,111 @@ def ensure_checkpoint(shape: str) -> tuple[Path, Path]:
     return hf_dir, ours
 
 
+def step_memory(shape: str, remat: bool, batch: int = 8, seq: int = 512) -> dict[str, float]:
+    """GB of the compiled train step (bf16 compute and params), from abstract shapes only."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxcls.config import load_config
+    from jaxcls.model import layerstack, lora
+    from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+    from jaxcls.train import steps
+
+    cfg = load_config(ROOT / "configs" / "margin.py")
+    cfg.model.dtype = cfg.model.param_dtype = "bfloat16"
+    cfg.model.remat = remat
+    config = qwen3_config(shape)
+    head = HeadConfig.from_config(cfg.model, 2)
+    ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    flat = Qwen3Classifier(config, dataclasses.replace(head, scan=False))
+    params = jax.eval_shape(flat.init, jax.random.key(0), ids, ids)["params"]
+    heads, frozen = lora.partition(params, r"^(score|projection)/")
+    lora_cfg = lora.LoRAConfig.from_config(cfg.lora)
+    adapters = jax.eval_shape(lambda f: lora.init(f, lora_cfg, jax.random.PRNGKey(1)), frozen)
+    n = steps.scanned_layers(Qwen3Classifier(config, head))
+    frozen = jax.eval_shape(lambda f: layerstack.step_layout(f, n), frozen)
+    trainable = {"adapters": adapters, "params": heads, "extra": {}}
+    optimizer = steps.make_optimizer(cfg.optim, 100)
+
+    def init_state(t):
+        return steps.TrainState(
+            step=jnp.zeros((), jnp.int32), trainable=t, opt_state=optimizer.init(t),
+            rng=jax.random.PRNGKey(2), bad_steps=jnp.zeros((), jnp.int32),
+        )  # fmt: skip
+
+    state = jax.eval_shape(init_state, trainable)
+    sds = jax.ShapeDtypeStruct
+    batch_arg = {
+        "input_ids": sds((1, batch, seq), jnp.int32),
+        "attention_mask": sds((1, batch, seq), jnp.int32),
+        "labels": sds((1, batch), jnp.int32),
+        "valid": sds((1, batch), jnp.float32),
+    }
+    model = Qwen3Classifier(config, head)
+    step = jax.jit(steps.make_train_step(model, cfg, optimizer, 100), donate_argnums=(0,))
+    m = step.lower(state, frozen, batch_arg).compile().memory_analysis()
+    parts = {
+        "arguments": m.argument_size_in_bytes,
+        "outputs": m.output_size_in_bytes,
+        "aliased": m.alias_size_in_bytes,
+        "temporaries": m.temp_size_in_bytes,
+    }
+    gb = {k: v / 1e9 for k, v in parts.items()}
+    gb["total"] = gb["arguments"] + gb["outputs"] - gb["aliased"] + gb["temporaries"]
+    return gb
+
+
+def memory_table(shapes: list[str], batch: int, seq: int) -> list[dict]:
+    """Print and return the compiled step's memory of each shape, remat on and off."""
+    print(f"compiled train step, bf16 compute and params, batch {batch} x {seq}, LoRA r16 (GB):")
+    print(f"{'shape':6s} {'remat':5s} {'args':>7s} {'temp':>7s} {'total':>7s}")
+    rows = []
+    for shape in shapes:
+        for remat in (True, False):
+            gb = step_memory(shape, remat, batch, seq)
+            rows.append({"shape": shape, "remat": remat, **{k: round(v, 2) for k, v in gb.items()}})
+            print(
+                f"{shape:6s} {str(remat):5s} {gb['arguments']:7.2f} {gb['temporaries']:7.2f} "
+                f"{gb['total']:7.2f}", flush=True,
+            )  # fmt: skip
+    return rows
+
+
+def measured_runs(hf_dir: Path, ours: Path, work: Path, steps: int) -> dict[str, float]:
+    """Peak RSS and wall time of ``train.py`` and ``eval.py`` on the converted checkpoint."""
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    words = "the cat sat on a mat and we saw good food in this old town".split()
+    for name, n in (("train", 64), ("val", 16), ("test", 48)):
+        rows = [
+            f"{' '.join(words[(i + j) % len(words)] for j in range(12))},{i % 2}" for i in range(n)
+        ]
+        (data / f"{name}.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    run = work / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    flags = [
+        f"--config.model.path={ours}", "--config.model.param_dtype=bfloat16",
+        "--config.model.remat=True", "--config.train.batch_size=8",
+        "--config.data.max_length=32", f"--config.train.max_steps={steps}",
+        "--config.train.eval_batch_size=8", f"--config.data.train={data / 'train.csv'}",
+        f"--config.data.val={data / 'val.csv'}", f"--config.data.test={data / 'test.csv'}",
+        f"--config.workdir={run}",
+    ]  # fmt: skip
+    train = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/margin.py")]
+    train_s, train_peak = convert_memory.run_measured(train + flags)
+    evaluate = [sys.executable, str(ROOT / "eval.py"), "--workdir", str(run)]
+    eval_s, eval_peak = convert_memory.run_measured(evaluate + ["--out", str(work / "eval")])
+    size = checkpoint_bytes(hf_dir)
+    return {
+        "train_s": round(train_s, 1), "train_peak_rss_gb": round(train_peak / 1e9, 2),
+        "train_peak_over_weights": round(train_peak / size, 2),
+        "eval_s": round(eval_s, 1), "eval_peak_rss_gb": round(eval_peak / 1e9, 2),
+        "eval_peak_over_weights": round(eval_peak / size, 2),
+    }  # fmt: skip
+
+
 def checkpoint_bytes(hf_dir: Path) -> int:
     index = json.loads((hf_dir / "model.safetensors.index.json").read_text())
     return int(index["metadata"]["total_size"])
@@ -81,10 +186,21 @@ def checkpoint_bytes(hf_dir: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="1.7b")
+    parser.add_argument("--steps", type=int, default=2, help="training steps of the timed run")
+    parser.add_argument("--memory-only", action="store_true", help="only the compiled-step table")
+    parser.add_argument("--table-shapes", default="0.6b,1.7b,4b,8b")
+    parser.add_argument("--table-batch", type=int, default=8)
+    parser.add_argument("--table-seq", type=int, default=512)
     args = parser.parse_args()
-    hf_dir, ours = ensure_checkpoint(args.shape)
-    print(json.dumps({"hf_dir": str(hf_dir), "jaxcls_dir": str(ours),
-                      "checkpoint_bytes": checkpoint_bytes(hf_dir)}))  # fmt: skip
+    result: dict = {"shape": args.shape}
+    if not args.memory_only:
+        hf_dir, ours = ensure_checkpoint(args.shape)
+        result["checkpoint_bytes"] = checkpoint_bytes(hf_dir)
+        result.update(measured_runs(hf_dir, ours, cache_dir() / "work", args.steps))
+        print(json.dumps(result), flush=True)
+    shapes = [s for s in args.table_shapes.split(",") if s]
+    result["step_memory"] = memory_table(shapes, args.table_batch, args.table_seq)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
