@@ -41,19 +41,23 @@ def main() -> int:
     from jaxcls import evaluate_run
     from jaxcls.data.splits import data_paths
     from jaxcls.errors import UserError
+    from jaxcls.eval.outputs import print_summary
+    from jaxcls.formats.run_dir import split_ckpt
+    from jaxcls.train.restore import load_run
 
     if args.lora_model:
         run, workdir = peft_session(args), Path(args.lora_model)
         what = f"adapter {workdir}"
     else:
-        workdir, ckpt = evaluate_run.split_ckpt(args.workdir, args.ckpt)
-        run, step = evaluate_run.load_run(workdir, ckpt)
+        workdir, ckpt = split_ckpt(args.workdir, args.ckpt)
+        run, step = load_run(workdir, ckpt)
         what = f"checkpoint {step}"
-    path = args.data or data_paths(run.cfg)["test"]
+    data = run.cfg.data
+    path = args.data or data_paths(data.train, data.val, data.test)["test"]
     if not path:
         raise UserError("the run has no data.test; pass --data FILE")
     result, outputs, table = evaluate_run.evaluate_file(run, path)
-    evaluate_run.print_summary(result, run.label_names)
+    print_summary(result, run.label_names)
     out = Path(args.out) if args.out else workdir / "eval"
     evaluate_run.write_outputs(run, result, outputs, table, out)
     print(f"{what} on {path}: metrics, predictions and report.html in {out}")

@@ -36,7 +36,7 @@ def main() -> int:
     from jaxcls import Classifier
     from jaxcls.data import predictions
     from jaxcls.errors import UserError
-    from jaxcls.evaluate_run import split_ckpt
+    from jaxcls.formats.run_dir import split_ckpt
 
     if not args.text and not args.input:
         raise UserError("nothing to classify; pass --text TEXT or --input FILE")

@@ -8,7 +8,11 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from absl import flags
+
+from jaxcls.config import load_config
 from jaxcls.errors import UserError
+from jaxcls.runtime import tune_malloc
 
 EXIT_USER_ERROR = 2
 # OS errors that are the machine's state, not a bug: a full disk or quota, a file-size limit,
@@ -27,8 +31,6 @@ def setup_logging() -> None:
 
 def run_entry_point(main: Callable[[], int | None]) -> None:
     """``run(main)`` for a command-line entry point: process settings first, then ``main``."""
-    from jaxcls.runtime import tune_malloc
-
     tune_malloc()  # before anything starts JAX's CPU client
     run(main)
 
@@ -80,10 +82,6 @@ def parse_config_flags(argv: Sequence[str]):
     mistyped key or a value of the wrong type is a one-line UserError (with a suggestion)
     instead of an absl traceback.
     """
-    from absl import flags
-
-    from jaxcls.config import load_config
-
     path, overrides = config_args(argv[1:])
     if path is None:
         raise UserError("missing --config; e.g. python train.py --config configs/margin.py")

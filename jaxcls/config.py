@@ -41,6 +41,17 @@ _NON_NEGATIVE = (
     "train.eval_every train.save_every train.patience distributed.num_processes"
 ).split()
 _BELOW_ONE = ("lora.dropout", "loss.label_smoothing")
+# What a validation logs (jaxcls.eval.scoring computes them); train.best_metric names one.
+VALIDATION_METRICS = (
+    "loss",
+    "accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "intra_sim",
+    "inter_sim",
+    "sim_gap",
+    "silhouette",
+)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -180,10 +191,11 @@ def _check_contrastive(con: ml_collections.ConfigDict) -> None:
 def _check_train(cfg: ml_collections.ConfigDict) -> None:
     if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
         raise UserError("config keys 'train.epochs' and 'train.max_steps' are both 0; set one")
-    if not cfg.train.best_metric.startswith("val/"):
+    known = [f"val/{name}" for name in VALIDATION_METRICS]
+    if cfg.train.best_metric not in known:
         raise UserError(
-            f"config key 'train.best_metric' is {cfg.train.best_metric!r}; use a validation "
-            "metric such as val/macro_f1, val/loss or val/silhouette"
+            f"config key 'train.best_metric' is {cfg.train.best_metric!r}; use one of: "
+            f"{', '.join(known)}"
         )
     dist = cfg.distributed
     if dist.num_processes > 0 and not -1 <= dist.process_id < dist.num_processes:

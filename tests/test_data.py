@@ -10,6 +10,7 @@ import pytest
 
 from jaxcls.data import tables
 from jaxcls.errors import UserError
+from jaxcls.formats import run_dir
 
 TEXTS = ["这本书很好看", "质量太差了，不推荐", "hello world", "物流很快 👍", "一般般吧"]
 LABELS = ["pos", "neg", "pos", "pos", "neg"]
@@ -227,8 +228,8 @@ def test_label_map_sorted_and_round_trip(tmp_path):
     )
     names = tables.build_label_map(table)
     assert names == sorted(set(LABELS))
-    tables.save_labels(tmp_path / "labels.json", names)
-    assert tables.load_labels(tmp_path / "labels.json") == names
+    run_dir.save_labels(tmp_path / "labels.json", names)
+    assert run_dir.load_labels(tmp_path / "labels.json") == names
     assert json.loads((tmp_path / "labels.json").read_text()) == names
     expected = [names.index(x) for x in LABELS]
     np.testing.assert_array_equal(tables.encode_labels(table, names), expected)
@@ -237,4 +238,4 @@ def test_label_map_sorted_and_round_trip(tmp_path):
 def test_load_labels_rejects_other_json(tmp_path):
     (tmp_path / "labels.json").write_text('{"a": 1}')
     with pytest.raises(UserError, match="labels.json: expected a JSON list"):
-        tables.load_labels(tmp_path / "labels.json")
+        run_dir.load_labels(tmp_path / "labels.json")

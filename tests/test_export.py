@@ -13,9 +13,9 @@ import pytest
 
 from jaxcls import UserError, export
 from jaxcls.config import load_config
-from jaxcls.evaluate_run import load_run
 from jaxcls.formats import peft_dir
 from jaxcls.train import run_model, steps
+from jaxcls.train.restore import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["negative", "neutral", "positive"]  # as the tiny HF model's id2label (conftest)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from jaxcls.data import tables
 from jaxcls.errors import UserError
+from jaxcls.files import write_atomic
 
 
 def read_texts(path: str, text_column: str = "") -> tables.Table:
@@ -52,6 +53,4 @@ def write(path: str, texts: Sequence[str], probs: np.ndarray, labels: Sequence[s
         raise UserError(f"--output {path}: unsupported extension; use one of {', '.join(writers)}")
     if target.parent and not target.parent.is_dir():
         raise UserError(f"--output {path}: folder {target.parent} does not exist")
-    tmp = target.with_name(f".{target.name}.tmp{suffix}")
-    writers[suffix](tmp)
-    tmp.replace(target)
+    write_atomic(target, writers[suffix])

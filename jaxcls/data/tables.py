@@ -250,23 +250,3 @@ def encode_labels(table: Table, label_names: Sequence[str]) -> np.ndarray:
             f"the training labels {list(label_names)}: {listed}; fix them or add them to training"
         )
     return np.array([index[label] for label in table.labels], dtype=np.int32)
-
-
-def save_labels(path: str | os.PathLike, names: Sequence[str]) -> None:
-    """Write ``labels.json``: a JSON list of the label strings, index = class id (atomic)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(list(names), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def load_labels(path: str | os.PathLike) -> list[str]:
-    """Read a ``labels.json`` written by :func:`save_labels`."""
-    path = Path(path)
-    try:
-        names = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot read the label list ({_one_line(e)})") from e
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise UserError(f"{path}: expected a JSON list of label strings")
-    return names

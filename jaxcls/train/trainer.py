@@ -23,25 +23,17 @@ from jaxcls import config as config_lib
 from jaxcls.data import batches, splits, tables
 from jaxcls.errors import UserError
 from jaxcls.eval import scoring
+from jaxcls.files import write_text_atomic
 from jaxcls.formats import run_dir
 from jaxcls.model import lora
-from jaxcls.train import run_model, schedules, sharding, steps
-from jaxcls.train.checkpoints import Checkpoints, abstract, check_same_model, committed_steps
+from jaxcls.train import checkpoints, restore, run_model, schedules, sharding, steps
+from jaxcls.train.checkpoints import abstract, check_same_model, committed_steps
 
 log = logging.getLogger("jaxcls")
 
 
 # Step metrics logged as of the last step of each logging window instead of its mean.
 SCHEDULED = ("con_weight", "temperature")
-
-
-def check_best_metric(name: str) -> None:
-    """``train.best_metric`` must name a validation metric that ``validate`` logs."""
-    known = [f"val/{key}" for key in scoring.SCALARS]
-    if name not in known:
-        raise UserError(
-            f"config key 'train.best_metric' is {name!r}; use one of: {', '.join(known)}"
-        )
 
 
 def total_steps(cfg: Any, micro_per_epoch: int) -> int:
@@ -74,12 +66,39 @@ class StopFlag:
             signal.signal(sig, old)
 
 
+def read_inputs(cfg: Any) -> tuple[tables.Table, tables.Table, list[str]]:
+    """The training and validation tables and the label map of ``cfg``'s data files."""
+    data = cfg.data
+    paths = splits.data_paths(data.train, data.val, data.test)
+    return splits.read_train_val(
+        paths, data.text_column, data.label_column, cfg.seed, data.max_train_samples
+    )
+
+
+def check_run_dir(cfg: Any, workdir: Path, label_names: list[str]) -> None:
+    """A run dir is resumed only with its labels, model and LoRA settings (or is new)."""
+    run_dir.check_labels(workdir, label_names)
+    if (workdir / run_dir.CONFIG).is_file():
+        check_same_model(run_dir.read_config(workdir).to_dict(), cfg, workdir)
+    if not cfg.train.resume and committed_steps(workdir / checkpoints.CHECKPOINTS):
+        raise UserError(
+            f"{workdir / checkpoints.CHECKPOINTS} has checkpoints and train.resume is false; "
+            "train into a new workdir (--config.workdir=...) or delete them first"
+        )
+
+
+def write_run_files(cfg: Any, workdir: Path, label_names: list[str]) -> None:
+    """config.json, labels.json and runs/LATEST (written once the run is known to fit)."""
+    write_text_atomic(workdir / run_dir.CONFIG, config_lib.config_to_json(cfg))
+    run_dir.save_labels(workdir / run_dir.LABELS, label_names)
+    run_dir.mark_latest(workdir)
+
+
 class Trainer:
     """One training run of ``cfg`` in ``workdir`` (resumed when it has checkpoints)."""
 
     def __init__(self, cfg: Any, workdir: str | Path | None = None):
         config_lib.validate_config(cfg)
-        check_best_metric(cfg.train.best_metric)
         self.cfg = cfg
         self.workdir = Path(workdir or config_lib.resolve_workdir(cfg))
         self.main = jax.process_index() == 0
@@ -89,21 +108,10 @@ class Trainer:
         sharding.check_batch_size(cfg.train.batch_size, self.mesh, "train.batch_size")
         sharding.check_batch_size(cfg.train.eval_batch_size, self.mesh, "train.eval_batch_size")
 
-        # Input.
-        train_table, val_table, self.label_names = splits.read_train_val(
-            cfg, splits.data_paths(cfg)
-        )
+        # Input, checked against the run dir before any slow work.
+        train_table, val_table, self.label_names = read_inputs(cfg)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        splits.check_labels(self.workdir, self.label_names)
-        saved_config = self.workdir / run_dir.CONFIG
-        if saved_config.is_file():
-            saved = config_lib.config_from_json(saved_config.read_text(encoding="utf-8"))
-            check_same_model(saved.to_dict(), cfg, self.workdir)
-        if not cfg.train.resume and committed_steps(self.workdir / "checkpoints"):
-            raise UserError(
-                f"{self.workdir / 'checkpoints'} has checkpoints and train.resume is false; train "
-                "into a new workdir (--config.workdir=...) or delete them first"
-            )
+        check_run_dir(cfg, self.workdir, self.label_names)
 
         # Model and optimizer.
         self.run = run_model.build(cfg, self.workdir, self.label_names, write_base=self.main)
@@ -126,23 +134,13 @@ class Trainer:
         # more than its share of either.
         self.frozen = sharding.put_params(self.run.frozen, self.mesh)
         trainable = sharding.put_params(self.run.trainable, self.mesh)
+        state, self.state_shardings = sharding.init_sharded(
+            lambda t: restore.new_state(t, self.optimizer, cfg.seed), trainable, mesh=self.mesh
+        )
 
-        def init_state(trainable: Any) -> steps.TrainState:
-            return steps.TrainState(
-                step=jnp.zeros((), jnp.int32),
-                trainable=trainable,
-                opt_state=self.optimizer.init(trainable),
-                rng=jax.random.PRNGKey(cfg.seed),
-                bad_steps=jnp.zeros((), jnp.int32),
-            )
-
-        state, self.state_shardings = sharding.init_sharded(init_state, trainable, mesh=self.mesh)
-
-        # Checkpoints and resume (restored straight into the state's shardings).
-        self.ckpts = Checkpoints(
-            self.workdir / "checkpoints", cfg.train.best_metric, cfg.train.best_mode,
-            cfg.train.keep_best, writer=True,  # every process: Orbax syncs them all
-        )  # fmt: skip
+        # Checkpoints and resume (restored straight into the state's shardings). Every process
+        # opens them as the writer: Orbax synchronises them all.
+        self.ckpts = checkpoints.open_checkpoints(self.workdir, cfg, writer=True)
         self.metrics_log = run_dir.MetricsLog(self.workdir / run_dir.METRICS, enabled=self.main)
         self.meta = {"best_value": None, "best_step": None, "bad_evals": 0, "finished": False}
         latest = self.ckpts.latest_step()
@@ -153,9 +151,7 @@ class Trainer:
         # failing command never overwrites a good run's config, labels or metrics.
         self.metrics_log.truncate_after(-1 if latest is None else latest)
         if self.main:
-            run_dir.write_atomic(self.workdir / run_dir.CONFIG, config_lib.config_to_json(cfg))
-            tables.save_labels(self.workdir / run_dir.LABELS, self.label_names)
-            run_dir.mark_latest(self.workdir)
+            write_run_files(cfg, self.workdir, self.label_names)
 
         # Update step.
         replicated = sharding.replicated(self.mesh)
@@ -180,14 +176,18 @@ class Trainer:
 
     # Evaluation.
 
+    def evaluate(self, dataset: batches.Dataset) -> tuple[dict, dict]:
+        """``scoring.evaluate`` of the current state on a labelled dataset."""
+        cfg, trainable, frozen, mesh = self.cfg, self.state.trainable, self.frozen, self.mesh
+        return scoring.evaluate(
+            lambda batch: self.eval_step(trainable, frozen, sharding.put_batch(batch, mesh)),
+            dataset, cfg.train.eval_batch_size, self.run.pad_id, cfg.data.max_length,
+            self.label_names,
+        )  # fmt: skip
+
     def validate(self, step: int) -> dict[str, float]:
         """Validation metrics (``val/...``), logged to metrics.jsonl."""
-        cfg = self.cfg
-        outputs = scoring.run_dataset(
-            self.eval_step, self.state.trainable, self.frozen, self.val_set,
-            cfg.train.eval_batch_size, self.run.pad_id, cfg.data.max_length, self.mesh,
-        )  # fmt: skip
-        result = scoring.scalars(scoring.score(outputs, self.val_set.labels, self.label_names))
+        result = scoring.scalars(self.evaluate(self.val_set)[0])
         self.metrics_log.write(step, "val", result)
         return {f"val/{k}": v for k, v in result.items()}
 
@@ -250,7 +250,7 @@ class Trainer:
             for step in range(start, self.n_steps):
                 if self.meta["finished"]:
                     break
-                batch = splits.micro_batches(
+                batch = batches.micro_batches(
                     self.batches, step, int(cfg.optim.accumulate), self.run.pad_id
                 )
                 placed = sharding.put_batch(batch, self.mesh, batch_axis=1)
