@@ -48,7 +48,7 @@ def test_ensure_demo_data_writes_once(tmp_path):
     root = tmp_path / "demo"
     paths = demo.ensure_demo_data(root, max_per_class=100)
     split_tables = {split: tables.read_table(path) for split, path in paths.items()}
-    sizes = {split: Counter(t.labels) for split, t in tables.items()}
+    sizes = {split: Counter(t.labels) for split, t in split_tables.items()}
     assert sizes == {
         "train": {"positive": 80, "negative": 80},
         "val": {"positive": 10, "negative": 10},
