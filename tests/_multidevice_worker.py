@@ -18,7 +18,7 @@ import numpy as np
 from jaxcls.config import load_config
 from jaxcls.errors import UserError
 from jaxcls.model import lora
-from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.model.classifier import HEADS, HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
 from jaxcls.train import sharding, steps
 
@@ -68,7 +68,7 @@ class Model:
         params = jax.tree_util.tree_map(
             np.asarray, jax.jit(self.model.init)(jax.random.PRNGKey(0), ids, ids)["params"]
         )
-        heads, self.frozen = lora.partition(params, lora.HEADS.pattern)
+        heads, self.frozen = lora.partition(params, HEADS)
         adapters = lora.init(self.frozen, lora.LoRAConfig.from_config(cfg.lora), jax.random.key(1))
         # Non-zero B, so that the first step already moves A and the base's gradients matter.
         adapters = jax.tree_util.tree_map_with_path(
