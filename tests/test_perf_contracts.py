@@ -182,7 +182,10 @@ def test_last_layer_at_pooled_rows_matches_the_full_model(remat):
         np.testing.assert_array_equal(earlier, want)
     leaves = jax.tree_util.tree_leaves_with_path(grads)
     for (path, got), want in zip(leaves, jax.tree_util.tree_leaves(full_grads), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=str(path))
+        # float32 sums in another order: errors scale with the leaf's largest entries, so a
+        # near-zero entry of a large gradient is judged against that scale.
+        scale = float(np.max(np.abs(want)))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * scale, err_msg=str(path))
 
 
 def test_train_step_traces_once_per_length_bucket():
