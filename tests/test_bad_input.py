@@ -93,7 +93,7 @@ def _cases(good: e2e.Reference, f: dict[str, Path], tmp: Path) -> dict:
         ),
         "named column missing": (
             "train.py", train_with("--config.data.text_column=msg"), {},
-            ["no column 'msg'", "data.text_column", "columns are: text, label"],
+            ["no column 'msg'", "data.text_column", "among: text, label"],
         ),
         "all texts empty": (
             "train.py", train_with(train=f["empty_texts"]), {}, ["no rows left", "'text'"],

@@ -58,6 +58,18 @@ def _cell_str(value: Any) -> str:
     return str(value).strip()
 
 
+# "2.0", "-1.00": an integer label that a float column wrote out (a blank cell makes pandas store
+# 0/1/2 as 0.0/1.0/2.0, and a CSV or JSON written from that frame keeps the ".0").
+_INTEGRAL_DECIMAL = re.compile(r"(-?\d+)\.0+")
+
+
+def _label_str(value: Any) -> str:
+    """A label cell as text: like ``_cell_str``, and "2.0" is the integer label "2"."""
+    text = _cell_str(value)
+    match = _INTEGRAL_DECIMAL.fullmatch(text)
+    return match.group(1) if match else text
+
+
 def _one_line(err: Exception) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())
 
@@ -132,22 +144,25 @@ def _read_frame(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
     return frame, np.arange(len(frame), dtype=np.int64) + first, unit
 
 
-def _find_column(frame: pd.DataFrame, path: Path, wanted: str, names: Sequence[str], key: str):
+def _find_column(
+    frame: pd.DataFrame, wanted: str, names: Sequence[str], key: str, what: str
+) -> tuple[Any, tuple[str, str] | None]:
+    """(the column, None), or (None, (what is missing, how to fix it))."""
     columns = [str(c) for c in frame.columns]
     if wanted:
         for candidate in (wanted, wanted.strip().lower()):
             for col, name in zip(frame.columns, columns, strict=True):
                 if name == candidate or name.strip().lower() == candidate:
-                    return col
-        raise UserError(
-            f"{path}: no column '{wanted}' ({key}); columns are: {', '.join(columns)}; "
-            f"fix {key} or the header row"
-        )
+                    return col, None
+        return None, (f"no column '{wanted}' ({key})", f"fix {key} or the header row")
     lowered = [c.strip().lower() for c in columns]
     for name in names:
         if name in lowered:
-            return frame.columns[lowered.index(name)]
-    return None
+            return frame.columns[lowered.index(name)], None
+    return None, (
+        f"no {what} column",
+        f"name the {what} column one of {', '.join(names)} or set {key}",
+    )
 
 
 def read_table(
@@ -164,25 +179,23 @@ def read_table(
         raise UserError(f"{path} has no header row; put column names (e.g. text, label) in row 1")
     if len(frame) == 0:
         raise UserError(f"{path} has a header but no data rows; add some rows")
-    columns = ", ".join(str(c) for c in frame.columns)
-    text_col = _find_column(frame, path, text_column, TEXT_NAMES, "data.text_column")
-    if text_col is None:
-        raise UserError(
-            f"{path}: no text column among: {columns}; name it one of {', '.join(TEXT_NAMES)} "
-            "or set data.text_column"
-        )
-    label_col = None
+    text_col, text_problem = _find_column(
+        frame, text_column, TEXT_NAMES, "data.text_column", "text"
+    )
+    label_col, label_problem = None, None
     if label_column is not None:
-        label_col = _find_column(frame, path, label_column, LABEL_NAMES, "data.label_column")
-        if label_col is None:
-            raise UserError(
-                f"{path}: no label column among: {columns}; name it one of "
-                f"{', '.join(LABEL_NAMES)} or set data.label_column"
-            )
-        if label_col == text_col:
-            raise UserError(f"{path}: column '{text_col}' is both the text and the label column")
+        label_col, label_problem = _find_column(
+            frame, label_column, LABEL_NAMES, "data.label_column", "label"
+        )
+    problems = [p for p in (text_problem, label_problem) if p]
+    if problems:  # both columns in one message: the header is fixed once, not run by run
+        columns = ", ".join(str(c) for c in frame.columns)
+        missing, fixes = zip(*problems, strict=True)
+        raise UserError(f"{path}: {' and '.join(missing)} among: {columns}; {'; '.join(fixes)}")
+    if label_col is not None and label_col == text_col:
+        raise UserError(f"{path}: column '{text_col}' is both the text and the label column")
     texts = [_cell_str(v) for v in frame[text_col]]
-    labels = None if label_col is None else [_cell_str(v) for v in frame[label_col]]
+    labels = None if label_col is None else [_label_str(v) for v in frame[label_col]]
     blank = frame.map(_cell_str).eq("").all(axis=1).to_numpy()
     no_text = np.array([t == "" for t in texts]) & ~blank
     no_label = np.zeros_like(blank) if labels is None else np.array([x == "" for x in labels])
