@@ -201,6 +201,12 @@ def get_config() -> ml_collections.ConfigDict:
     # this many consecutive ones.
     config.train.max_bad_steps = 5
 
+    # Evaluation outputs (eval/ of train.py's final evaluation and of eval.py).
+    config.eval = ml_collections.ConfigDict()
+    # t-SNE picture of at most this many test features (stratified subsample; the slowest part
+    # of an evaluation on CPU, timed in the log); 0 = no t-SNE.
+    config.eval.max_tsne_points = 3000
+
     # Multi-host setup for jax.distributed.initialize; the defaults mean a single process.
     config.distributed = ml_collections.ConfigDict()
     # Coordinator address "host:port"; "" = single process (or auto-detected by JAX on clusters).

@@ -38,7 +38,8 @@ _NON_NEGATIVE = (
     "model.projection_dim loss.focal_gamma contrastive.weight contrastive.focal_gamma "
     "contrastive.margin contrastive.warmup_steps contrastive.ramp_steps data.max_train_samples "
     "optim.weight_decay optim.warmup_steps optim.grad_clip train.epochs train.max_steps "
-    "train.eval_every train.save_every train.patience distributed.num_processes"
+    "train.eval_every train.save_every train.patience distributed.num_processes "
+    "eval.max_tsne_points"
 ).split()
 _BELOW_ONE = ("lora.dropout", "loss.label_smoothing")
 # What a validation logs (jaxcls.eval.scoring computes them); train.best_metric names one.

@@ -51,16 +51,21 @@ def read_train_val(
     """Training and validation tables and the label map (from the whole training file).
 
     Without a validation file, 10% of the training rows are held out for validation. The
-    validation and test files' labels are checked here, before any slow work: a bad test
-    file fails now, not after training. ``max_train_samples`` > 0 keeps a seeded, stratified
-    subset of the training rows.
+    validation file's labels are checked here, before any slow work; labels of the test file
+    that training never saw are a warning (its evaluation scores the other rows and lists
+    them). ``max_train_samples`` > 0 keeps a seeded, stratified subset of the training rows.
     """
     train = tables.read_table(paths["train"], text_column, label_column)
     label_names = tables.build_label_map(train)
     if paths["test"]:
-        tables.encode_labels(
-            tables.read_table(paths["test"], text_column, label_column), label_names
-        )
+        test = tables.read_table(paths["test"], text_column, label_column)
+        unseen = tables.unseen_labels(test, label_names)
+        if unseen:  # not an error: the final evaluation scores the other rows and lists these
+            log.warning(
+                "%s: %d test rows have labels never seen in training: %s; the evaluation "
+                "scores the other rows and reports these", test.path,
+                sum(map(len, unseen.values())), tables.describe_unseen(test, unseen),
+            )  # fmt: skip
     if paths["val"]:
         val = tables.read_table(paths["val"], text_column, label_column)
         tables.encode_labels(val, label_names)

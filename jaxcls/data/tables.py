@@ -7,6 +7,7 @@ encodes its labels with the map built here from the training file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -244,22 +245,46 @@ def build_label_map(table: Table) -> list[str]:
     return names
 
 
-def encode_labels(table: Table, label_names: Sequence[str]) -> np.ndarray:
-    """Label indices [N] int32; labels missing from ``label_names`` are a UserError listing them."""
+def unseen_labels(table: Table, label_names: Sequence[str]) -> dict[str, list[int]]:
+    """The labels of ``table`` missing from ``label_names`` -> their rows (in ``table.unit``)."""
     if table.labels is None:
         raise UserError(f"{table.path}: this file needs a label column")
-    index = {name: i for i, name in enumerate(label_names)}
+    index = set(label_names)
     unseen: dict[str, list[int]] = {}
     for label, row in zip(table.labels, table.rows, strict=True):
         if label not in index:
             unseen.setdefault(label, []).append(int(row))
+    return unseen
+
+
+def describe_unseen(table: Table, unseen: dict[str, list[int]]) -> str:
+    """One line: "'new' (row 3, 5); 'odd' (row 6)" for the first five labels."""
+    return "; ".join(
+        f"{label!r} ({table.unit} {', '.join(map(str, rows[:3]))}{', ...' * (len(rows) > 3)})"
+        for label, rows in list(unseen.items())[:5]
+    ) + ("; ..." if len(unseen) > 5 else "")
+
+
+def known_rows(table: Table, label_names: Sequence[str]) -> Table:
+    """The rows of ``table`` whose labels are in ``label_names``."""
+    known = set(label_names)
+    keep = [i for i, label in enumerate(table.labels) if label in known]
+    return dataclasses.replace(
+        table,
+        texts=[table.texts[i] for i in keep],
+        labels=[table.labels[i] for i in keep],
+        rows=table.rows[keep],
+    )
+
+
+def encode_labels(table: Table, label_names: Sequence[str]) -> np.ndarray:
+    """Label indices [N] int32; labels missing from ``label_names`` are a UserError listing them."""
+    unseen = unseen_labels(table, label_names)
     if unseen:
-        listed = "; ".join(
-            f"{label!r} ({table.unit} {', '.join(map(str, rows[:3]))}{', ...' * (len(rows) > 3)})"
-            for label, rows in list(unseen.items())[:5]
-        )
         raise UserError(
             f"{table.path}: {len(unseen)} label(s) in column '{table.label_column}' are not in "
-            f"the training labels {list(label_names)}: {listed}; fix them or add them to training"
+            f"the training labels {list(label_names)}: {describe_unseen(table, unseen)}; fix "
+            "them or add them to training"
         )
+    index = {name: i for i, name in enumerate(label_names)}
     return np.array([index[label] for label in table.labels], dtype=np.int32)
