@@ -151,6 +151,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.min_bucket_batches = 8
     # Use at most this many training rows (seeded, stratified choice); 0 = all.
     config.data.max_train_samples = 0
+    # Make train/validation(/test) from data.train alone: fractions "0.8,0.1,0.1" or "0.9,0.1"
+    # (stratified, seeded; the parts are written to RUN/data/); "" = data.val/data.test as given.
+    config.data.split = ""
 
     # AdamW with linear warmup and cosine decay.
     config.optim = ml_collections.ConfigDict()

@@ -163,6 +163,14 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         raise UserError("config key 'data.template' must contain the placeholder {text}")
     _check_contrastive(cfg.contrastive)
     _check_train(cfg)
+    parse_split(cfg.data.split)
+    if cfg.data.split and not cfg.data.train:
+        raise UserError("config key 'data.split' splits data.train; set data.train to your file")
+    if cfg.data.split and (cfg.data.val or cfg.data.test):
+        raise UserError(
+            "config key 'data.split' makes the validation and test sets from data.train; leave "
+            "data.val and data.test empty, or data.split empty to use them"
+        )
 
 
 def _check(cfg: ml_collections.ConfigDict, key: str, ok: Any, rule: str) -> None:
@@ -204,6 +212,23 @@ def _check_train(cfg: ml_collections.ConfigDict) -> None:
             f"config key 'distributed.process_id' is {dist.process_id}; use -1 (auto) or "
             f"0..{dist.num_processes - 1}"
         )
+
+
+def parse_split(spec: str) -> list[float]:
+    """The fractions of ``data.split`` ("0.8,0.1,0.1" = train, val, test; "0.9,0.1" = train,
+    val); [] when empty."""
+    if not spec.strip():
+        return []
+    try:
+        parts = [float(part) for part in spec.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3) or not all(0 < p < 1 for p in parts) or abs(sum(parts) - 1) > 1e-6:
+        raise UserError(
+            f"config key 'data.split' is {spec!r}; give 2 or 3 fractions in (0, 1) that sum to "
+            '1: train,val ("0.9,0.1") or train,val,test ("0.8,0.1,0.1")'
+        )
+    return parts
 
 
 def parse_focal_alpha(spec: str, class_counts: Sequence[int] | None) -> list[float] | None:

@@ -120,8 +120,10 @@ def write_outputs(
 
 
 def evaluate_after_training(cfg: Any, workdir: str | Path) -> None:
-    """Evaluate the best checkpoint on ``data.test`` (the demo's test split by default)."""
-    test = data_paths(cfg.data.train, cfg.data.val, cfg.data.test)["test"]
+    """Evaluate the best checkpoint on the run's test file: ``data.test`` as resolved in its
+    config.json (the demo's test split by default, data.split's test part in RUN/data/)."""
+    saved = run_dir.read_config(Path(workdir)).data
+    test = data_paths(saved.train, saved.val, saved.test)["test"]
     if not Path(test).is_file():
         log.info("no test file (%s); skipping the final evaluation", test)
         return
