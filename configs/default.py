@@ -203,6 +203,10 @@ def get_config() -> ml_collections.ConfigDict:
     # A step with a non-finite loss or gradient is skipped (no update); stop with an error after
     # this many consecutive ones.
     config.train.max_bad_steps = 5
+    # Where training and validation scalars go, comma-separated: "jsonl" (metrics.jsonl, always
+    # written: resume and the curves read it), "tensorboard" (event files in RUN/tensorboard/),
+    # "wandb" (needs the wandb package; offline in RUN/wandb/ unless WANDB_MODE=online).
+    config.train.loggers = "jsonl,tensorboard"
 
     # Evaluation outputs (eval/ of train.py's final evaluation and of eval.py).
     config.eval = ml_collections.ConfigDict()

@@ -163,6 +163,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         raise UserError("config key 'data.template' must contain the placeholder {text}")
     _check_contrastive(cfg.contrastive)
     _check_train(cfg)
+    parse_loggers(cfg.train.loggers)
     parse_split(cfg.data.split)
     if cfg.data.split and not cfg.data.train:
         raise UserError("config key 'data.split' splits data.train; set data.train to your file")
@@ -212,6 +213,21 @@ def _check_train(cfg: ml_collections.ConfigDict) -> None:
             f"config key 'distributed.process_id' is {dist.process_id}; use -1 (auto) or "
             f"0..{dist.num_processes - 1}"
         )
+
+
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+
+
+def parse_loggers(spec: str) -> list[str]:
+    """The loggers of ``train.loggers``; metrics.jsonl is always written (resume reads it)."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in LOGGERS]
+    if unknown:
+        raise UserError(
+            f"config key 'train.loggers' names {', '.join(map(repr, unknown))}; use a "
+            f"comma-separated list of: {', '.join(LOGGERS)}"
+        )
+    return ["jsonl"] + [name for name in dict.fromkeys(names) if name != "jsonl"]
 
 
 def parse_split(spec: str) -> list[float]:

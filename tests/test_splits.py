@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_loggers import read_scalars
 
 from jaxcls import evaluate_run
 from jaxcls.config import load_config, parse_split, validate_config
@@ -111,6 +112,16 @@ def test_one_file_is_enough(tmp_path, monkeypatch, caplog):
         trainer.Trainer(cfg).fit()
     assert "resumed from" in caplog.text and "checkpoints/2" in caplog.text
     assert json.loads((run / "config.json").read_text()) == saved
+    # TensorBoard (on by default) holds metrics.jsonl's scalars, each once after the resume.
+    scalars = read_scalars(run / "tensorboard")
+    want = {}
+    for event in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()):
+        for key, value in event.items():
+            if key not in ("step", "split") and value is not None:
+                want[(f"{event['split']}/{key}", event["step"])] = [pytest.approx(value, rel=1e-6)]
+    assert scalars == want
+    for tag in ("train/loss", "train/lr", "train/con_weight", "train/temperature", "val/loss"):
+        assert (tag, 2) in scalars
 
 
 def test_config_json_names_the_demo_files_and_workdir(tmp_path, monkeypatch, caplog):

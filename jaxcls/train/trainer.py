@@ -26,7 +26,7 @@ from jaxcls.eval import scoring
 from jaxcls.files import write_text_atomic
 from jaxcls.formats import run_dir
 from jaxcls.model import lora
-from jaxcls.train import checkpoints, restore, run_model, schedules, sharding, steps
+from jaxcls.train import checkpoints, loggers, restore, run_model, schedules, sharding, steps
 from jaxcls.train.checkpoints import abstract, check_same_model, committed_steps
 
 log = logging.getLogger("jaxcls")
@@ -127,6 +127,10 @@ class Trainer:
         train_table, val_table, self.label_names = inputs.train, inputs.val, inputs.label_names
         self.workdir.mkdir(parents=True, exist_ok=True)
         check_run_dir(cfg, self.workdir, self.label_names)
+        # The loggers of train.loggers (a missing wandb fails here); nothing is written yet.
+        self.metrics_log = loggers.Loggers(
+            self.workdir, cfg.train.loggers, cfg.to_dict(), enabled=self.main
+        )
 
         # Model and optimizer.
         self.run = run_model.build(cfg, self.workdir, self.label_names, write_base=self.main)
@@ -156,7 +160,6 @@ class Trainer:
         # Checkpoints and resume (restored straight into the state's shardings). Every process
         # opens them as the writer: Orbax synchronises them all.
         self.ckpts = checkpoints.open_checkpoints(self.workdir, cfg, writer=True)
-        self.metrics_log = run_dir.MetricsLog(self.workdir / run_dir.METRICS, enabled=self.main)
         self.meta = {"best_value": None, "best_step": None, "bad_evals": 0, "finished": False}
         latest = self.ckpts.latest_step()
         if latest is not None:
@@ -300,6 +303,7 @@ class Trainer:
                     status = "interrupted"
                     break
         self.ckpts.close()
+        self.metrics_log.close()
         self._report(status, stop.signum)
         return {
             "workdir": str(self.workdir),
