@@ -151,6 +151,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.min_bucket_batches = 8
     # Use at most this many training rows (seeded, stratified choice); 0 = all.
     config.data.max_train_samples = 0
+    # Make train/validation(/test) from data.train alone: fractions "0.8,0.1,0.1" or "0.9,0.1"
+    # (stratified, seeded; the parts are written to RUN/data/); "" = data.val/data.test as given.
+    config.data.split = ""
 
     # AdamW with linear warmup and cosine decay.
     config.optim = ml_collections.ConfigDict()
@@ -200,6 +203,16 @@ def get_config() -> ml_collections.ConfigDict:
     # A step with a non-finite loss or gradient is skipped (no update); stop with an error after
     # this many consecutive ones.
     config.train.max_bad_steps = 5
+    # Where training and validation scalars go, comma-separated: "jsonl" (metrics.jsonl, always
+    # written: resume and the curves read it), "tensorboard" (event files in RUN/tensorboard/),
+    # "wandb" (needs the wandb package; offline in RUN/wandb/ unless WANDB_MODE=online).
+    config.train.loggers = "jsonl,tensorboard"
+
+    # Evaluation outputs (eval/ of train.py's final evaluation and of eval.py).
+    config.eval = ml_collections.ConfigDict()
+    # t-SNE picture of at most this many test features (stratified subsample; the slowest part
+    # of an evaluation on CPU, timed in the log); 0 = no t-SNE.
+    config.eval.max_tsne_points = 3000
 
     # Multi-host setup for jax.distributed.initialize; the defaults mean a single process.
     config.distributed = ml_collections.ConfigDict()

@@ -38,7 +38,8 @@ _NON_NEGATIVE = (
     "model.projection_dim loss.focal_gamma contrastive.weight contrastive.focal_gamma "
     "contrastive.margin contrastive.warmup_steps contrastive.ramp_steps data.max_train_samples "
     "optim.weight_decay optim.warmup_steps optim.grad_clip train.epochs train.max_steps "
-    "train.eval_every train.save_every train.patience distributed.num_processes"
+    "train.eval_every train.save_every train.patience distributed.num_processes "
+    "eval.max_tsne_points"
 ).split()
 _BELOW_ONE = ("lora.dropout", "loss.label_smoothing")
 # What a validation logs (jaxcls.eval.scoring computes them); train.best_metric names one.
@@ -162,6 +163,15 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         raise UserError("config key 'data.template' must contain the placeholder {text}")
     _check_contrastive(cfg.contrastive)
     _check_train(cfg)
+    parse_loggers(cfg.train.loggers)
+    parse_split(cfg.data.split)
+    if cfg.data.split and not cfg.data.train:
+        raise UserError("config key 'data.split' splits data.train; set data.train to your file")
+    if cfg.data.split and (cfg.data.val or cfg.data.test):
+        raise UserError(
+            "config key 'data.split' makes the validation and test sets from data.train; leave "
+            "data.val and data.test empty, or data.split empty to use them"
+        )
 
 
 def _check(cfg: ml_collections.ConfigDict, key: str, ok: Any, rule: str) -> None:
@@ -203,6 +213,38 @@ def _check_train(cfg: ml_collections.ConfigDict) -> None:
             f"config key 'distributed.process_id' is {dist.process_id}; use -1 (auto) or "
             f"0..{dist.num_processes - 1}"
         )
+
+
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+
+
+def parse_loggers(spec: str) -> list[str]:
+    """The loggers of ``train.loggers``; metrics.jsonl is always written (resume reads it)."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in LOGGERS]
+    if unknown:
+        raise UserError(
+            f"config key 'train.loggers' names {', '.join(map(repr, unknown))}; use a "
+            f"comma-separated list of: {', '.join(LOGGERS)}"
+        )
+    return ["jsonl"] + [name for name in dict.fromkeys(names) if name != "jsonl"]
+
+
+def parse_split(spec: str) -> list[float]:
+    """The fractions of ``data.split`` ("0.8,0.1,0.1" = train, val, test; "0.9,0.1" = train,
+    val); [] when empty."""
+    if not spec.strip():
+        return []
+    try:
+        parts = [float(part) for part in spec.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3) or not all(0 < p < 1 for p in parts) or abs(sum(parts) - 1) > 1e-6:
+        raise UserError(
+            f"config key 'data.split' is {spec!r}; give 2 or 3 fractions in (0, 1) that sum to "
+            '1: train,val ("0.9,0.1") or train,val,test ("0.8,0.1,0.1")'
+        )
+    return parts
 
 
 def parse_focal_alpha(spec: str, class_counts: Sequence[int] | None) -> list[float] | None:

@@ -4,8 +4,10 @@
   python -m jaxcls.export --ckpt best --workdir runs/margin --format merged --out exported/hf
 
 ``peft``: ``adapter_config.json`` and ``adapter_model.safetensors`` (the LoRA factors and the
-score head under peft's names), ``labels.json`` and the tokenizer; load it with
-``PeftModel.from_pretrained(Qwen3ForSequenceClassification.from_pretrained(BASE), OUT)``.
+score head under peft's names), ``labels.json``, the tokenizer and the classifier's
+``config.json`` (num_labels, id2label, pad_token_id); load it as the README shows:
+``PeftModel.from_pretrained(Qwen3ForSequenceClassification.from_pretrained(BASE,
+config=AutoConfig.from_pretrained(OUT), ignore_mismatched_sizes=True), OUT)``.
 When the run's base is not a Hugging Face dir on disk (the random-init demo base, trained or
 not), it is written as ``OUT/base`` and named as the adapter's base.
 ``merged``: a plain ``Qwen3ForSequenceClassification`` dir with LoRA folded into the kernels
@@ -82,6 +84,10 @@ def write(run: Any, fmt: str, out: Path, dtype: str | None = None) -> Path:
                 run.lora, run.frozen or run.trainable["params"], run.label_names, run.tokenizer,
                 base,
             )  # fmt: skip
+            # The classifier's config next to the adapter: AutoConfig.from_pretrained(out) gives
+            # the base num_labels, id2label and pad_token_id (a causal-LM base has none of them).
+            base_dtype = dtype or _param_dtype(run.frozen or run.trainable["params"])
+            hf_dir.write_config(tmp, run.config, run.label_names, run.tokenizer, base_dtype)
     return out
 
 

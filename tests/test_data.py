@@ -103,6 +103,38 @@ def test_no_text_or_label_column_found(tmp_path):
         tables.read_table(path)
 
 
+def test_missing_text_and_label_columns_in_one_error(tmp_path):
+    path = xlsx(tmp_path / "d.xlsx", [["words", "y"], ["a", "x"]])
+    with pytest.raises(UserError) as err:
+        tables.read_table(path)
+    msg = str(err.value)
+    assert "no text column and no label column among: words, y" in msg
+    assert "data.text_column" in msg and "data.label_column" in msg and "\n" not in msg
+    with pytest.raises(UserError, match=r"no column 'body' \(data\.text_column\) and no label"):
+        tables.read_table(path, text_column="body")
+
+
+@pytest.mark.parametrize("ext", tables.SUPPORTED)
+def test_integer_labels_with_a_blank_cell_stay_integers(tmp_path, ext):
+    # A blank label cell makes pandas store 0/1/2 as 0.0/1.0/2.0; files written from such a
+    # frame hold "0.0" (csv, tsv, json) or float cells (xlsx, parquet).
+    labels = [0, 1, 2, None, 1, 2]
+    train = write(tmp_path / f"train{ext}", pd.DataFrame({"text": list("abcdef"), "label": labels}))
+    assert pd.DataFrame({"label": labels})["label"].dtype == np.float64
+    val = write(tmp_path / f"val{ext}", pd.DataFrame({"text": ["g", "h"], "label": [1, 2]}))
+    table = tables.read_table(train)
+    assert table.labels == ["0", "1", "2", "1", "2"]
+    names = tables.build_label_map(table)
+    assert names == ["0", "1", "2"]
+    np.testing.assert_array_equal(tables.encode_labels(tables.read_table(val), names), [1, 2])
+
+
+@pytest.mark.parametrize("ext", tables.SUPPORTED)
+def test_fractional_labels_stay_as_written(tmp_path, ext):
+    frame = pd.DataFrame({"text": list("abc"), "label": [0.5, 1.5, None]})
+    assert tables.read_table(write(tmp_path / f"d{ext}", frame)).labels == ["0.5", "1.5"]
+
+
 def test_numbers_as_text_and_integer_labels(tmp_path):
     rows = [["text", "label"], [123, 10], [1.5, 2], ["abc", 1.0], [7.0, 2]]
     table = tables.read_table(xlsx(tmp_path / "d.xlsx", rows))

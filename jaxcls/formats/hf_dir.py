@@ -137,11 +137,11 @@ def _hf_entries(config: Qwen3Config, flat: dict[str, Any], num_labels: int, dtyp
     ]
 
 
-def write_hf(
-    out: Path, config: Qwen3Config, params: Any, labels: list[str], tokenizer: Any, dtype: str
+def write_config(
+    out: Path, config: Qwen3Config, labels: list[str], tokenizer: Any, dtype: str
 ) -> None:
-    """A ``Qwen3ForSequenceClassification`` dir: config.json, model.safetensors, tokenizer."""
-    out.mkdir(parents=True, exist_ok=True)
+    """``config.json`` of a ``Qwen3ForSequenceClassification`` with these labels: id2label,
+    label2id (so num_labels) and the tokenizer's pad_token_id (batches of several texts)."""
     hf = config.to_hf() | {
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},
@@ -151,6 +151,14 @@ def write_hf(
         "torch_dtype": dtype,  # the key transformers < 5 and older vLLM read
     }
     (out / "config.json").write_text(json.dumps(hf, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_hf(
+    out: Path, config: Qwen3Config, params: Any, labels: list[str], tokenizer: Any, dtype: str
+) -> None:
+    """A ``Qwen3ForSequenceClassification`` dir: config.json, model.safetensors, tokenizer."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, config, labels, tokenizer, dtype)
     flat = flax.traverse_util.flatten_dict(params, sep="/")
     write_safetensors(out / "model.safetensors", _hf_entries(config, flat, len(labels), dtype))
     tokenizer.save_pretrained(out)

@@ -26,7 +26,7 @@ from jaxcls.eval import scoring
 from jaxcls.files import write_text_atomic
 from jaxcls.formats import run_dir
 from jaxcls.model import lora
-from jaxcls.train import checkpoints, restore, run_model, schedules, sharding, steps
+from jaxcls.train import checkpoints, loggers, restore, run_model, schedules, sharding, steps
 from jaxcls.train.checkpoints import abstract, check_same_model, committed_steps
 
 log = logging.getLogger("jaxcls")
@@ -68,11 +68,8 @@ class StopFlag:
 
 def read_inputs(cfg: Any) -> tuple[tables.Table, tables.Table, list[str]]:
     """The training and validation tables and the label map of ``cfg``'s data files."""
-    data = cfg.data
-    paths = splits.data_paths(data.train, data.val, data.test)
-    return splits.read_train_val(
-        paths, data.text_column, data.label_column, cfg.seed, data.max_train_samples
-    )
+    inputs = splits.read_inputs(cfg.data, cfg.seed)
+    return inputs.train, inputs.val, inputs.label_names
 
 
 def check_run_dir(cfg: Any, workdir: Path, label_names: list[str]) -> None:
@@ -87,10 +84,27 @@ def check_run_dir(cfg: Any, workdir: Path, label_names: list[str]) -> None:
         )
 
 
-def write_run_files(cfg: Any, workdir: Path, label_names: list[str]) -> None:
-    """config.json, labels.json and runs/LATEST (written once the run is known to fit)."""
-    write_text_atomic(workdir / run_dir.CONFIG, config_lib.config_to_json(cfg))
-    run_dir.save_labels(workdir / run_dir.LABELS, label_names)
+def write_run_files(cfg: Any, workdir: Path, inputs: splits.Inputs) -> None:
+    """config.json, labels.json, runs/LATEST and data.split's parts (written once the run is
+    known to fit).
+
+    config.json is the resolved config: the data files actually used (absolute; the demo's, or
+    data.split's parts in RUN/data/, so eval.py finds the test part) and the actual workdir.
+    """
+    files = dict(inputs.files)
+    if inputs.parts:
+        data = cfg.data
+        files.update(
+            splits.write_parts(inputs.parts, workdir / "data", data.train, data.split, cfg.seed)
+        )
+    resolved = config_lib.config_from_json(config_lib.config_to_json(cfg))
+    resolved.workdir = str(workdir.absolute())
+    for part in ("train", "val", "test"):
+        resolved.data[part] = files.get(part, "")
+    if inputs.parts:  # the parts are the files now: the resolved config trains on them as given
+        resolved.data.split = ""
+    write_text_atomic(workdir / run_dir.CONFIG, config_lib.config_to_json(resolved))
+    run_dir.save_labels(workdir / run_dir.LABELS, inputs.label_names)
     run_dir.mark_latest(workdir)
 
 
@@ -109,9 +123,14 @@ class Trainer:
         sharding.check_batch_size(cfg.train.eval_batch_size, self.mesh, "train.eval_batch_size")
 
         # Input, checked against the run dir before any slow work.
-        train_table, val_table, self.label_names = read_inputs(cfg)
+        inputs = splits.read_inputs(cfg.data, cfg.seed)
+        train_table, val_table, self.label_names = inputs.train, inputs.val, inputs.label_names
         self.workdir.mkdir(parents=True, exist_ok=True)
         check_run_dir(cfg, self.workdir, self.label_names)
+        # The loggers of train.loggers (a missing wandb fails here); nothing is written yet.
+        self.metrics_log = loggers.Loggers(
+            self.workdir, cfg.train.loggers, cfg.to_dict(), enabled=self.main
+        )
 
         # Model and optimizer.
         self.run = run_model.build(cfg, self.workdir, self.label_names, write_base=self.main)
@@ -141,7 +160,6 @@ class Trainer:
         # Checkpoints and resume (restored straight into the state's shardings). Every process
         # opens them as the writer: Orbax synchronises them all.
         self.ckpts = checkpoints.open_checkpoints(self.workdir, cfg, writer=True)
-        self.metrics_log = run_dir.MetricsLog(self.workdir / run_dir.METRICS, enabled=self.main)
         self.meta = {"best_value": None, "best_step": None, "bad_evals": 0, "finished": False}
         latest = self.ckpts.latest_step()
         if latest is not None:
@@ -151,7 +169,7 @@ class Trainer:
         # failing command never overwrites a good run's config, labels or metrics.
         self.metrics_log.truncate_after(-1 if latest is None else latest)
         if self.main:
-            write_run_files(cfg, self.workdir, self.label_names)
+            write_run_files(cfg, self.workdir, inputs)
 
         # Update step.
         replicated = sharding.replicated(self.mesh)
@@ -285,6 +303,7 @@ class Trainer:
                     status = "interrupted"
                     break
         self.ckpts.close()
+        self.metrics_log.close()
         self._report(status, stop.signum)
         return {
             "workdir": str(self.workdir),
