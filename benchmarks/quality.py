@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import shutil
@@ -237,7 +238,7 @@ def dataset_table(metas: dict[str, dict], records: list[dict]) -> str:
     """One row per dataset: its shape and the TF-IDF baseline."""
     head = (
         "| dataset | language | classes | rows train/val/test | median chars | minority class "
-        "| TF-IDF accuracy | TF-IDF macro-F1 | TF-IDF s |"
+        "| TF-IDF accuracy | TF-IDF macro-F1 | TF-IDF fit+predict s |"
     )
     lines = [head, "|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for name, meta in metas.items():
@@ -281,6 +282,8 @@ def markdown(metas: dict[str, dict], records: list[dict], settings: dict) -> str
     ]
     if not settings["baseline_only"]:
         parts += ["Test metrics per method (mean ± sample std over seeds).", results_table(records)]
+    sources = [f"- {name}: {m['description']} (`{m['package']}`)" for name, m in metas.items()]
+    parts.append("Sources (PyPI packages; split seed 0, cached):\n" + "\n".join(sources))
     parts.append(f"Command: `{settings['command']}`  \nMachine: {settings['machine']}")
     return "\n\n".join(parts) + "\n"
 
@@ -302,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": args.override,
         "variants": args.variants,
         "seeds": args.seeds,
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f} at the end, Python {platform.python_version()}",
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
