@@ -18,6 +18,7 @@ import importlib.metadata
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -318,7 +319,8 @@ def prepare(dataset: Dataset) -> tuple[dict[str, Path], dict]:
         if (meta.get("split_version"), meta.get("package")) == current:
             return paths, meta
     parts = split(dataset.load())
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # results cached beside an old split go with it
+    folder.mkdir(parents=True)
     for name, part in parts.items():
         part[["text", "label"]].to_csv(paths[name], index=False)
     meta = {
