@@ -17,8 +17,10 @@ from jaxcls.data import tables
 from jaxcls.errors import UserError
 from jaxcls.eval import plots, report, scoring
 from jaxcls.formats import run_dir
+from jaxcls.model import lora
 from jaxcls.train import run_model, sharding, steps
 from jaxcls.train.checkpoints import Checkpoints, abstract
+from jaxcls.train.settings import OptimSettings
 
 log = logging.getLogger("jaxcls")
 
@@ -46,7 +48,7 @@ def load_run(workdir: Path, ckpt: str = "best") -> tuple[run_model.Session, int]
     )
     step = ckpts.resolve(ckpt)  # before the slow model build: a wrong --ckpt fails at once
     run = run_model.build(cfg, workdir, label_names, write_base=False, warm_start=False)
-    optimizer = steps.make_optimizer(cfg.optim, 1)
+    optimizer = steps.make_optimizer(OptimSettings.from_config(cfg.optim), 1)
     target = steps.TrainState(
         step=jnp.zeros((), jnp.int32),
         trainable=run.trainable,
@@ -68,8 +70,9 @@ def evaluate_file(run: run_model.Session, path: str) -> tuple[dict, dict, tables
     mesh = sharding.make_mesh(run.cfg.devices, run.cfg.mesh.fsdp)
     sharding.check_batch_size(run.cfg.train.eval_batch_size, mesh, "train.eval_batch_size")
     # Replicated outputs: every process of a multi-host job gets the whole batch's results.
+    lora_cfg = lora.LoRAConfig.from_config(run.cfg.lora)
     eval_step = jax.jit(
-        steps.make_eval_step(run.model, run.cfg), out_shardings=sharding.replicated(mesh)
+        steps.make_eval_step(run.model, lora_cfg, mesh), out_shardings=sharding.replicated(mesh)
     )
     frozen = sharding.put_params(run.frozen, mesh)
     trainable = sharding.put_params(run.trainable, mesh)

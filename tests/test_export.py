@@ -15,7 +15,8 @@ from jaxcls import UserError, export
 from jaxcls.config import load_config
 from jaxcls.evaluate_run import load_run
 from jaxcls.formats import peft_dir
-from jaxcls.train import run_model, steps
+from jaxcls.model import lora
+from jaxcls.train import run_model, sharding, steps
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["negative", "neutral", "positive"]  # as the tiny HF model's id2label (conftest)
@@ -33,7 +34,8 @@ def write_data(folder: Path) -> Path:
 
 def logits(run, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """A loaded run's own logits (factored LoRA, as evaluation computes them)."""
-    eval_step = jax.jit(steps.make_eval_step(run.model, run.cfg))
+    lora_cfg = lora.LoRAConfig.from_config(run.cfg.lora)
+    eval_step = jax.jit(steps.make_eval_step(run.model, lora_cfg, sharding.make_mesh("0")))
     batch = {"input_ids": ids, "attention_mask": mask, "labels": np.zeros(len(ids), np.int32)}
     return np.asarray(eval_step(run.trainable, run.frozen, batch)["logits"])
 

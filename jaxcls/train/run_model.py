@@ -22,6 +22,7 @@ from jaxcls.model import lora
 from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
 from jaxcls.train import base_model, steps, warmstart
+from jaxcls.train.settings import ContrastiveSettings
 
 log = logging.getLogger("jaxcls")
 
@@ -67,7 +68,8 @@ def from_peft(cfg: Any, peft_dir: str | Path) -> Session:
     labels = [loaded.id2label[i] for i in sorted(loaded.id2label)]
     model = Qwen3Classifier(loaded.config, HeadConfig.from_config(cfg.model, len(labels)))
     heads, frozen = lora.partition(loaded.params, HEADS)
-    trainable = {"adapters": {}, "params": heads, "extra": steps.init_extra(cfg.contrastive)}
+    extra = steps.init_extra(ContrastiveSettings.from_config(cfg.contrastive))
+    trainable = {"adapters": {}, "params": heads, "extra": extra}
     tokenizer = base_model.load_tokenizer(loaded.tokenizer_dir)
     return Session(
         cfg, Path(peft_dir), loaded.config, model, tokenizer, labels, trainable, frozen, False
@@ -120,7 +122,7 @@ def build(
     trainable = {
         "adapters": adapters,
         "params": trainable_params,
-        "extra": steps.init_extra(cfg.contrastive),
+        "extra": steps.init_extra(ContrastiveSettings.from_config(cfg.contrastive)),
     }
     return Session(
         cfg, workdir, loaded.config, model, tokenizer, label_names, trainable, frozen, train_base
