@@ -93,8 +93,9 @@ def build_jax(s: common.Shape) -> tuple[Any, tuple]:
         step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable),
         rng=jax.random.PRNGKey(2), bad_steps=jnp.zeros((), jnp.int32),
     )  # fmt: skip
-    settings, one_device = StepSettings.from_config(cfg, total), sharding.make_mesh("0")
-    step = steps.make_train_step(model, settings, optimizer, one_device)
+    one_device = sharding.make_mesh("0")
+    state = jax.device_put(state, sharding.replicated(one_device))  # where the step returns it
+    step = steps.make_train_step(model, StepSettings.from_config(cfg, total), optimizer, one_device)
     train_step = jax.jit(step, donate_argnums=(0,))
     host = common.random_batch(s, NUM_LABELS)
     batch = {k: jnp.asarray(v[None]) for k, v in host.items()}  # one micro-batch

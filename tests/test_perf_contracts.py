@@ -206,8 +206,11 @@ def test_train_step_traces_once_per_length_bucket():
         step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=opt.init(trainable),
         rng=jax.random.PRNGKey(0), bad_steps=jnp.zeros((), jnp.int32),
     )  # fmt: skip
-    settings = StepSettings.from_config(cfg, 10)
-    step = steps.make_train_step(model, settings, opt, sharding.make_mesh("0"))
+    # The state lives on the step's mesh, as the trainer places it (a state that came back
+    # placed differently from how it went in would be traced again).
+    mesh = sharding.make_mesh("0")
+    state = jax.device_put(state, sharding.replicated(mesh))
+    step = steps.make_train_step(model, StepSettings.from_config(cfg, 10), opt, mesh)
     # Two buckets, three steps each: a second trace of a bucket (a state that comes back with
     # another dtype, weak type or structure) fails here.
     train_step = jax.jit(chex.assert_max_traces(step, n=2), donate_argnums=(0,))
