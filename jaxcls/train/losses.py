@@ -127,11 +127,30 @@ def margin_contrastive(
     finite = jnp.where(jnp.isfinite(sorted_pos), sorted_pos, 0.0)
     prefix = jnp.concatenate([jnp.zeros_like(finite[:, :1]), jnp.cumsum(finite, axis=-1)], -1)
     threshold = m + sim
-    k = jax.vmap(lambda row, q: jnp.searchsorted(row, q, side="left"))(sorted_pos, threshold)
+    k = _count_below(sorted_pos, threshold)
     pair_sums = k * threshold - jnp.take_along_axis(prefix, k, axis=-1)
     n_pairs = jnp.sum(pos, axis=-1) * jnp.sum(neg, axis=-1)
     per_anchor = jnp.sum(jnp.where(neg, pair_sums, 0.0), axis=-1) / jnp.maximum(n_pairs, 1)
     return _masked_mean(per_anchor, n_pairs > 0)
+
+
+def _count_below(rows: Array, queries: Array) -> Array:
+    """``k[i, j]`` = how many of the sorted ``rows[i]`` are < ``queries[i, j]``.
+
+    ``jnp.searchsorted(rows[i], queries[i], side="left")`` per row, as a binary search of
+    static length written with plain lax ops: the searchsorted primitive fails inside
+    ``jax.shard_map``'s varying-axes typing (jax 0.10.2), where the train step runs.
+    """
+    n = rows.shape[-1]
+    lo = jnp.zeros(queries.shape, jnp.int32)
+    hi = jnp.full(queries.shape, n, jnp.int32)
+    for _ in range(n.bit_length()):  # halves hi - lo; the answer is one of 0..n
+        mid = (lo + hi) // 2
+        below = jnp.take_along_axis(rows, jnp.minimum(mid, n - 1), axis=-1) < queries
+        searching = lo < hi
+        lo = jnp.where(searching & below, mid + 1, lo)
+        hi = jnp.where(searching & ~below, mid, hi)
+    return lo
 
 
 CONTRASTIVE_LOSSES: dict[str, Callable[..., Array]] = {
