@@ -48,7 +48,7 @@ def evaluate_file(run: run_model.RunModel, path: str) -> tuple[dict, dict, table
     sharding.check_batch_size(run.cfg.train.eval_batch_size, mesh, "train.eval_batch_size")
     # Replicated outputs: every process of a multi-host job gets the whole batch's results.
     eval_step = jax.jit(
-        steps.make_eval_step(run.model, run.cfg), out_shardings=sharding.replicated(mesh)
+        steps.make_eval_step(run.model, run.lora, mesh), out_shardings=sharding.replicated(mesh)
     )
     frozen = sharding.put_params(run.frozen, mesh)
     trainable = sharding.put_params(run.trainable, mesh)

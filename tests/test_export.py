@@ -14,7 +14,7 @@ import pytest
 from jaxcls import UserError, export
 from jaxcls.config import load_config
 from jaxcls.formats import peft_dir
-from jaxcls.train import run_model, steps
+from jaxcls.train import run_model, sharding, steps
 from jaxcls.train.restore import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def write_data(folder: Path) -> Path:
 
 def logits(run, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """A loaded run's own logits (factored LoRA, as evaluation computes them)."""
-    eval_step = jax.jit(steps.make_eval_step(run.model, run.cfg))
+    eval_step = jax.jit(steps.make_eval_step(run.model, run.lora, sharding.make_mesh("0")))
     batch = {"input_ids": ids, "attention_mask": mask, "labels": np.zeros(len(ids), np.int32)}
     return np.asarray(eval_step(run.trainable, run.frozen, batch)["logits"])
 

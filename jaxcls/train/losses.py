@@ -127,11 +127,30 @@ def margin_contrastive(
     finite = jnp.where(jnp.isfinite(sorted_pos), sorted_pos, 0.0)
     prefix = jnp.concatenate([jnp.zeros_like(finite[:, :1]), jnp.cumsum(finite, axis=-1)], -1)
     threshold = m + sim
-    k = jax.vmap(lambda row, q: jnp.searchsorted(row, q, side="left"))(sorted_pos, threshold)
+    k = _count_below(sorted_pos, threshold)
     pair_sums = k * threshold - jnp.take_along_axis(prefix, k, axis=-1)
     n_pairs = jnp.sum(pos, axis=-1) * jnp.sum(neg, axis=-1)
     per_anchor = jnp.sum(jnp.where(neg, pair_sums, 0.0), axis=-1) / jnp.maximum(n_pairs, 1)
     return _masked_mean(per_anchor, n_pairs > 0)
+
+
+def _count_below(rows: Array, queries: Array) -> Array:
+    """``k[i, j]`` = how many of the sorted ``rows[i]`` are < ``queries[i, j]``.
+
+    ``jnp.searchsorted(rows[i], queries[i], side="left")`` per row, as a binary search of
+    static length written with plain lax ops: the searchsorted primitive fails inside
+    ``jax.shard_map``'s varying-axes typing (jax 0.10.2), where the train step runs.
+    """
+    n = rows.shape[-1]
+    lo = jnp.zeros(queries.shape, jnp.int32)
+    hi = jnp.full(queries.shape, n, jnp.int32)
+    for _ in range(n.bit_length()):  # halves hi - lo; the answer is one of 0..n
+        mid = (lo + hi) // 2
+        below = jnp.take_along_axis(rows, jnp.minimum(mid, n - 1), axis=-1) < queries
+        searching = lo < hi
+        lo = jnp.where(searching & below, mid + 1, lo)
+        hi = jnp.where(searching & ~below, mid, hi)
+    return lo
 
 
 CONTRASTIVE_LOSSES: dict[str, Callable[..., Array]] = {
@@ -182,25 +201,15 @@ def balanced_alpha(label_counts: Sequence[int] | np.ndarray) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def _batch_balanced_alpha(onehot: Array, valid: Array) -> Array:
-    """balanced_alpha() of the valid rows' labels, traceable."""
-    counts = jnp.sum(jnp.where(valid[:, None], onehot, 0.0), axis=0)
-    present = counts > 0
-    scale = jnp.sum(counts) / jnp.maximum(jnp.sum(present), 1)
-    return jnp.where(present, scale / jnp.where(present, counts, 1.0), 0.0)
-
-
-def _class_alpha(
-    alpha: None | float | str | Sequence[float] | Array, onehot: Array, valid: Array
-) -> Array:
+def _class_alpha(alpha: None | float | Sequence[float] | Array, num_classes: int) -> Array:
     """Per-class weights [C] from the accepted forms of ``alpha``."""
-    num_classes = onehot.shape[-1]
     if alpha is None:
-        return jnp.ones((num_classes,), onehot.dtype)
+        return jnp.ones((num_classes,), jnp.float32)
     if isinstance(alpha, str):
-        if alpha != "balanced":
-            raise UserError(f"loss.focal_alpha is {alpha!r}; use a number, a list, or 'balanced'")
-        return _batch_balanced_alpha(onehot, valid)
+        raise UserError(
+            f"loss.focal_alpha is {alpha!r}; pass a number or one weight per class (for "
+            "'balanced', balanced_alpha() of the training label counts)"
+        )
     weights = _upcast(alpha)
     if weights.ndim == 0:
         return jnp.full((num_classes,), weights)
@@ -217,7 +226,7 @@ def focal_loss(
     labels: Array,
     *,
     gamma: float = 2.0,
-    alpha: None | float | str | Sequence[float] | Array = None,
+    alpha: None | float | Sequence[float] | Array = None,
     label_smoothing: float = 0.0,
     valid: Array | None = None,
 ) -> Array:
@@ -225,10 +234,9 @@ def focal_loss(
 
     CE_i = -sum_c q_c log p_c with the smoothed target q = (1 - eps) * onehot + eps / C, so the
     focal weight (1 - p_y)^gamma uses the model's p_y while the log term is the smoothed CE.
-    ``alpha``: None (1), a number (the same for every class), per-class weights [C], or
-    'balanced' = balanced_alpha() of the labels of this batch's valid rows (for dataset-level
-    weights pass ``balanced_alpha(train_counts)`` as an array). The mean divides by the number of
-    valid rows, not by the sum of the weights. Labels outside [0, C) (padding) give a zero row.
+    ``alpha``: None (1), a number (the same for every class) or per-class weights [C], such as
+    ``balanced_alpha(train_counts)``. The mean divides by the number of valid rows, not by the
+    sum of the weights. Labels outside [0, C) (padding) give a zero row.
     """
     logits = _upcast(logits)
     num_classes = logits.shape[-1]
@@ -239,7 +247,7 @@ def focal_loss(
     ce = -jnp.sum(target * log_probs, axis=-1)
     log_py = jnp.sum(onehot * log_probs, axis=-1)
     weight = jnp.power(jnp.maximum(-jnp.expm1(log_py), _FOCAL_EPS), gamma)
-    alpha_y = jnp.sum(onehot * _class_alpha(alpha, onehot, v), axis=-1)
+    alpha_y = jnp.sum(onehot * _class_alpha(alpha, num_classes), axis=-1)
     return _masked_mean(alpha_y * weight * ce, v)
 
 
@@ -263,7 +271,7 @@ def classification_loss(
     labels: Array,
     *,
     focal_gamma: float = 2.0,
-    focal_alpha: None | float | str | Sequence[float] | Array = None,
+    focal_alpha: None | float | Sequence[float] | Array = None,
     label_smoothing: float = 0.0,
     valid: Array | None = None,
 ) -> Array:

@@ -17,6 +17,7 @@ import optax
 
 from jaxcls.formats import run_dir
 from jaxcls.train import checkpoints, run_model, steps
+from jaxcls.train.settings import OptimSettings
 
 log = logging.getLogger("jaxcls")
 
@@ -39,7 +40,7 @@ def load_run(workdir: Path, ckpt: str = "best") -> tuple[run_model.RunModel, int
     ckpts = checkpoints.open_checkpoints(workdir, cfg)
     step = ckpts.resolve(ckpt)  # before the slow model build: a wrong --ckpt fails at once
     run = run_model.build(cfg, workdir, label_names, write_base=False, warm_start=False)
-    optimizer = steps.make_optimizer(cfg.optim, 1)
+    optimizer = steps.make_optimizer(OptimSettings.from_config(cfg.optim), 1)
     template = jax.eval_shape(lambda t: new_state(t, optimizer, 0), run.trainable)
     state, _ = ckpts.restore(step, template)
     ckpts.close()

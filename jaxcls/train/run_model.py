@@ -24,6 +24,7 @@ from jaxcls.model import lora
 from jaxcls.model.classifier import HEADS, HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
 from jaxcls.train import base_model, steps, warmstart
+from jaxcls.train.settings import ContrastiveSettings
 
 log = logging.getLogger("jaxcls")
 
@@ -74,7 +75,8 @@ def from_peft(cfg: Any, peft_path: str | Path) -> RunModel:
     labels = loaded.labels
     model = Qwen3Classifier(loaded.config, HeadConfig.from_config(cfg.model, len(labels)))
     heads, frozen = lora.partition(loaded.params, HEADS)
-    trainable = {"adapters": {}, "params": heads, "extra": steps.init_extra(cfg.contrastive)}
+    extra = steps.init_extra(ContrastiveSettings.from_config(cfg.contrastive))
+    trainable = {"adapters": {}, "params": heads, "extra": extra}
     return RunModel(
         cfg, Path(peft_path), loaded.config, model, lora.LoRAConfig.from_config(cfg.lora),
         tokenizer.load_tokenizer(loaded.tokenizer_dir), labels, trainable, frozen, False,
@@ -120,7 +122,7 @@ def build(
     trainable = {
         "adapters": adapters,
         "params": trainable_params,
-        "extra": steps.init_extra(cfg.contrastive),
+        "extra": steps.init_extra(ContrastiveSettings.from_config(cfg.contrastive)),
     }
     tok = tokenizer.load_tokenizer(loaded.tokenizer_dir)
     return RunModel(

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -26,8 +25,18 @@ from jaxcls.eval import scoring
 from jaxcls.files import write_text_atomic
 from jaxcls.formats import run_dir
 from jaxcls.model import lora
-from jaxcls.train import checkpoints, loggers, restore, run_model, schedules, sharding, steps
+from jaxcls.train import (
+    checkpoints,
+    loggers,
+    losses,
+    restore,
+    run_model,
+    schedules,
+    sharding,
+    steps,
+)  # fmt: skip
 from jaxcls.train.checkpoints import abstract, check_same_model, committed_steps
+from jaxcls.train.settings import OptimSettings, StepSettings
 
 log = logging.getLogger("jaxcls")
 
@@ -140,7 +149,8 @@ class Trainer:
             cfg.data.max_length, cfg.data.min_bucket_batches,
         )  # fmt: skip
         self.n_steps = total_steps(cfg, self.batches.steps_per_epoch)
-        self.optimizer = steps.make_optimizer(cfg.optim, self.n_steps)
+        optim = OptimSettings.from_config(cfg.optim)
+        self.optimizer = steps.make_optimizer(optim, self.n_steps)
         log.info(lora.summary(self.run.trainable, self.run.frozen))
         log.info(
             "%d training / %d validation texts, %d classes, %d steps on %d device(s)",
@@ -174,23 +184,25 @@ class Trainer:
         # Update step.
         replicated = sharding.replicated(self.mesh)
         self.state = state
+        settings = StepSettings.from_config(cfg, self.n_steps, self._class_alpha())
         self.train_step = jax.jit(
-            steps.make_train_step(
-                self.run.model, cfg, self.optimizer, self.n_steps,
-                class_alpha=self._class_alpha(), data_shards=sharding.data_size(self.mesh),
-            ),
+            steps.make_train_step(self.run.model, settings, self.optimizer, self.mesh),
             donate_argnums=(0,),
             out_shardings=(self.state_shardings, replicated),
-        )  # fmt: skip
-        self.eval_step = jax.jit(
-            steps.make_eval_step(self.run.model, cfg), out_shardings=replicated
         )
-        self.lr_at = schedules.learning_rate(cfg.optim, self.n_steps)
+        self.eval_step = jax.jit(
+            steps.make_eval_step(self.run.model, settings.lora, self.mesh), out_shardings=replicated
+        )
+        self.lr_at = schedules.learning_rate(optim, self.n_steps)
 
-    def _class_alpha(self) -> jax.Array | None:
+    def _class_alpha(self) -> tuple[float, ...] | None:
+        """``loss.focal_alpha`` as class weights: none, "balanced" (``losses.balanced_alpha``
+        of the training label counts) or the listed floats."""
         counts = np.bincount(self.train_set.labels, minlength=len(self.label_names))
+        if self.cfg.loss.focal_alpha.strip() == "balanced":
+            return tuple(float(w) for w in losses.balanced_alpha(counts))
         alpha = config_lib.parse_focal_alpha(self.cfg.loss.focal_alpha, counts.tolist())
-        return None if alpha is None else jnp.asarray(alpha, jnp.float32)
+        return None if alpha is None else tuple(alpha)
 
     # Evaluation.
 
