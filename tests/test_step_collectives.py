@@ -13,7 +13,7 @@ from jax.extend.core import jaxprs_in_params
 
 from jaxcls.config import load_config
 from jaxcls.model import lora
-from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.model.classifier import HEADS, HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
 from jaxcls.train import sharding, steps
 from jaxcls.train.settings import ContrastiveSettings, OptimSettings, StepSettings
@@ -34,7 +34,7 @@ def tiny():
     model = Qwen3Classifier(QWEN, HeadConfig(num_labels=3))
     ids = jnp.ones((1, 4), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(0), ids, ids)["params"]
-    heads, frozen = lora.partition(params, lora.HEADS.pattern)
+    heads, frozen = lora.partition(params, HEADS)
     return model, heads, frozen
 
 
