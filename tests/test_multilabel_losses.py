@@ -138,6 +138,8 @@ def test_binary_focal_padding_equals_dropping_and_alpha_errors():
         binary_focal_loss(logits, targets, alpha=[0.5, 0.5])
     with pytest.raises(UserError, match="balanced"):
         binary_focal_loss(logits, targets, alpha="balanced")
+    with pytest.raises(UserError, match=r"values in \[0, 1\]"):
+        binary_focal_loss(logits, targets, alpha=[0.5, 0.5, 1.5, 0.5, 0.5])
 
 
 # ---------------------------------------------------------------- Jaccard contrastive

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcls.errors import UserError
 from jaxcls.train.losses import (
@@ -34,6 +35,14 @@ def _positive_alpha(alpha: float | Sequence[float] | Array, num_classes: int) ->
     """alpha [C] for the positive term; a number is shared by all classes."""
     if isinstance(alpha, str):
         raise UserError(f"loss.focal_alpha is {alpha!r}; multi-label takes a number or a list")
+    # Outside [0, 1] the negatives' weight 1 - alpha turns negative; checked where not traced.
+    if not isinstance(alpha, jax.core.Tracer):
+        concrete = np.asarray(alpha, np.float64)
+        if not np.all((concrete >= 0) & (concrete <= 1)):
+            raise UserError(
+                f"loss.focal_alpha is {concrete.tolist()}; multi-label alpha weighs a label's "
+                "positives by alpha and its negatives by 1 - alpha, so use values in [0, 1]"
+            )
     weights = _upcast(alpha)
     if weights.ndim == 0:
         return jnp.full((num_classes,), weights)
