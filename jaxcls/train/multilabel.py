@@ -15,12 +15,12 @@ import numpy as np
 
 from jaxcls.errors import UserError
 from jaxcls.train.losses import (
-    _FOCAL_EPS,
-    _cosine_similarity,
-    _masked_logsumexp,
-    _masked_mean,
-    _upcast,
-    _valid_mask,
+    FOCAL_EPS,
+    cosine_similarity,
+    masked_logsumexp,
+    masked_mean,
+    upcast,
+    valid_mask,
 )
 
 Array = jax.Array
@@ -43,7 +43,7 @@ def _positive_alpha(alpha: float | Sequence[float] | Array, num_classes: int) ->
                 f"loss.focal_alpha is {concrete.tolist()}; multi-label alpha weighs a label's "
                 "positives by alpha and its negatives by 1 - alpha, so use values in [0, 1]"
             )
-    weights = _upcast(alpha)
+    weights = upcast(alpha)
     if weights.ndim == 0:
         return jnp.full((num_classes,), weights)
     if weights.shape != (num_classes,):
@@ -73,18 +73,18 @@ def binary_focal_loss(
     (p_c - y_c) / B, so ``contrastive.weight`` keeps its meaning across single- and multi-label
     runs (a mean over classes would scale the classification term down by 1/C).
     """
-    x = _upcast(logits)
+    x = upcast(logits)
     y = _indicator(targets).astype(x.dtype)
-    v = _valid_mask(valid, x.shape[0])
+    v = valid_mask(valid, x.shape[0])
     # -log p_t in the stable log-sigmoid form; both terms are finite for any finite x.
     bce = -(y * jax.nn.log_sigmoid(x) + (1.0 - y) * jax.nn.log_sigmoid(-x))
     # 1 - p_t = -expm1(log p_t), floored so gamma < 1 keeps a finite gradient at p_t = 1.
-    weight = jnp.power(jnp.maximum(-jnp.expm1(-bce), _FOCAL_EPS), _upcast(gamma))
+    weight = jnp.power(jnp.maximum(-jnp.expm1(-bce), FOCAL_EPS), upcast(gamma))
     if alpha is not None:
         a = _positive_alpha(alpha, x.shape[-1]).astype(x.dtype)
         weight = weight * (y * a + (1.0 - y) * (1.0 - a))
     per_row = jnp.sum(weight * bce, axis=-1)
-    return _masked_mean(per_row, v)
+    return masked_mean(per_row, v)
 
 
 def jaccard_weights(targets: Array, valid: Array | None = None) -> tuple[Array, Array]:
@@ -94,7 +94,7 @@ def jaccard_weights(targets: Array, valid: Array | None = None) -> tuple[Array, 
     """
     y = _indicator(targets)
     batch = y.shape[0]
-    v = _valid_mask(valid, batch)
+    v = valid_mask(valid, batch)
     others = v[:, None] & v[None, :] & ~jnp.eye(batch, dtype=bool)
     # Exact integer counts as float32 (HIGHEST: no TF32/bf16 rounding on accelerators).
     inter = jnp.matmul(y, y.T, precision=jax.lax.Precision.HIGHEST)
@@ -122,12 +122,12 @@ def jaccard_contrastive(
     anchors with sum_p w_ip > 0; 0.0 when there are none. When every row has exactly one label,
     w is 1 for the same label and 0 otherwise, and this is ``simple_contrastive``.
     """
-    t = _upcast(temperature)
-    logits = _cosine_similarity(features) / t
+    t = upcast(temperature)
+    logits = cosine_similarity(features) / t
     others, w = jaccard_weights(targets, valid)
     w = w.astype(logits.dtype)
     pos = w > 0
     total = jnp.sum(w, axis=-1)
     weighted = jnp.sum(jnp.where(pos, w * logits, 0.0), axis=-1) / jnp.where(total > 0, total, 1)
-    per_anchor = -(t / _upcast(base_temperature)) * (weighted - _masked_logsumexp(logits, others))
-    return _masked_mean(per_anchor, total > 0)
+    per_anchor = -(t / upcast(base_temperature)) * (weighted - masked_logsumexp(logits, others))
+    return masked_mean(per_anchor, total > 0)
