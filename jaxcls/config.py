@@ -30,18 +30,19 @@ _POSITIVE = (
     "model.hidden_size model.num_layers model.num_heads model.num_kv_heads model.head_dim "
     "model.intermediate_size lora.rank lora.alpha contrastive.temperature "
     "contrastive.base_temperature contrastive.temperature_end contrastive.temperature_min "
-    "contrastive.temperature_max data.max_length data.min_bucket_batches optim.lr "
+    "contrastive.temperature_max data.max_length data.min_bucket_batches "
     "optim.accumulate train.batch_size "
-    "train.eval_batch_size train.log_every train.keep_best train.max_bad_steps mesh.fsdp"
+    "train.eval_batch_size train.log_every train.keep_best train.max_bad_steps mesh.fsdp "
+    "train.evals_per_epoch"
 ).split()
 _NON_NEGATIVE = (
     "model.projection_dim loss.focal_gamma contrastive.weight contrastive.focal_gamma "
     "contrastive.margin contrastive.warmup_steps contrastive.ramp_steps data.max_train_samples "
-    "optim.weight_decay optim.warmup_steps optim.grad_clip train.epochs train.max_steps "
+    "optim.lr optim.weight_decay optim.warmup_steps optim.grad_clip train.epochs train.max_steps "
     "train.eval_every train.save_every train.patience distributed.num_processes "
     "eval.max_tsne_points"
 ).split()
-_BELOW_ONE = ("lora.dropout", "loss.label_smoothing")
+_BELOW_ONE = ("lora.dropout", "loss.label_smoothing", "optim.warmup_ratio")
 # What a validation logs (jaxcls.eval.scoring computes them); train.best_metric names one.
 VALIDATION_METRICS = (
     "loss",
@@ -199,8 +200,6 @@ def _check_contrastive(con: ml_collections.ConfigDict) -> None:
 
 
 def _check_train(cfg: ml_collections.ConfigDict) -> None:
-    if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
-        raise UserError("config keys 'train.epochs' and 'train.max_steps' are both 0; set one")
     known = [f"val/{name}" for name in VALIDATION_METRICS]
     if cfg.train.best_metric not in known:
         raise UserError(

@@ -29,12 +29,13 @@ from jaxcls.train import (
     checkpoints,
     loggers,
     losses,
+    plan,
     restore,
     run_model,
     schedules,
     sharding,
     steps,
-)  # fmt: skip
+)
 from jaxcls.train.checkpoints import abstract, check_same_model, committed_steps
 from jaxcls.train.settings import OptimSettings, StepSettings
 
@@ -134,6 +135,12 @@ class Trainer:
         # Input, checked against the run dir before any slow work.
         inputs = splits.read_inputs(cfg.data, cfg.seed)
         train_table, val_table, self.label_names = inputs.train, inputs.val, inputs.label_names
+        # The "auto" keys resolved from the data's size; the run and its config.json use these.
+        cfg, choices = plan.resolve(cfg, len(train_table.texts))
+        self.cfg = cfg
+        log.info("recipe: %s", plan.recipe_of(cfg).name)
+        for choice in choices:
+            log.info("auto: %s", choice)
         self.workdir.mkdir(parents=True, exist_ok=True)
         check_run_dir(cfg, self.workdir, self.label_names)
         # The loggers of train.loggers (a missing wandb fails here); nothing is written yet.
@@ -149,6 +156,8 @@ class Trainer:
             cfg.data.max_length, cfg.data.min_bucket_batches,
         )  # fmt: skip
         self.n_steps = total_steps(cfg, self.batches.steps_per_epoch)
+        if warning := plan.warmup_warning(cfg, self.n_steps):
+            log.warning(warning)
         optim = OptimSettings.from_config(cfg.optim)
         self.optimizer = steps.make_optimizer(optim, self.n_steps)
         log.info(lora.summary(self.run.trainable, self.run.frozen))
