@@ -42,15 +42,14 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcls.model import lora
 from jaxcls.model.classifier import Qwen3Classifier
-from jaxcls.train import losses, schedules
+from jaxcls.train import losses, schedules, sharding
 from jaxcls.train.settings import ContrastiveSettings, OptimSettings, StepSettings
 
 Array = jax.Array
 PyTree = Any
 Batch = dict[str, Array]
 
-DATA = "data"  # the mesh axis that shard_map makes manual (sharding.BATCH_AXES[0])
-FSDP = "fsdp"  # left to the compiler
+DATA, FSDP = sharding.BATCH_AXES  # shard_map makes "data" manual; "fsdp" is the compiler's
 
 
 @flax.struct.dataclass
@@ -220,12 +219,22 @@ def batch_gradients(
         zeros = jax.lax.pcast(jax.tree_util.tree_map(jnp.zeros_like, trainable), DATA, to="varying")
         grads, (loss, parts) = jax.lax.scan(micro, zeros, (jnp.arange(n_micro), batch))
         loss, parts = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), (loss, parts))
-    # Reduced over the (compiler's) fsdp axis first: left partial there, the psum over a data
-    # axis of size 1 fails in XLA's SPMD partitioner (jax 0.10.2: "Cross-partition allreduce
-    # must be in (partial) manual partitioning mode").
-    grads = jax.lax.with_sharding_constraint(grads, P())
+    # Reduced over the compiler's fsdp axis first, into the weights' own FSDP layout: left
+    # partial there, the psum over a data axis of size 1 fails in XLA's SPMD partitioner
+    # (jax 0.10.2: "Cross-partition allreduce must be in (partial) manual partitioning mode").
+    grads = jax.lax.with_sharding_constraint(grads, _fsdp_specs(grads, fsdp))
     grads = jax.tree_util.tree_map(lambda g: g / n_micro, jax.lax.psum(grads, DATA))
     return loss, parts, grads
+
+
+def _fsdp_specs(tree: PyTree, fsdp: int) -> PyTree:
+    """The partition spec ``sharding.FSDP_RULES`` gives each leaf of a trainable-like tree."""
+
+    def spec(path: tuple, leaf: Array) -> P:
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        return sharding.leaf_spec(name, leaf.shape, fsdp)
+
+    return jax.tree_util.tree_map_with_path(spec, tree)
 
 
 # ---------------------------------------------------------------- train step (replicated)
