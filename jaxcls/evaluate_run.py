@@ -17,9 +17,12 @@ from jaxcls.train import restore, run_model, sharding, steps
 log = logging.getLogger("jaxcls")
 
 
-def evaluate_file(run: run_model.RunModel, path: str) -> tuple[dict, dict, Table]:
-    """Score the run on a labelled file: (metrics, raw outputs, table)."""
-    table = run.read_table(path)
+def evaluate_file(
+    run: run_model.RunModel, path: str, table: Table | None = None
+) -> tuple[dict, dict, Table]:
+    """Score the run on a labelled file: (metrics, raw outputs, table); ``table``: the file
+    already read (``run.read_table(path)``)."""
+    table = table or run.read_table(path)
     dataset = run.dataset(table)
     mesh = sharding.make_mesh(run.cfg.devices, run.cfg.mesh.fsdp)
     sharding.check_batch_size(run.cfg.train.eval_batch_size, mesh, "train.eval_batch_size")

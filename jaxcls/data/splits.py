@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from jaxcls.data import tables
 from jaxcls.data.demo import ensure_demo_data
@@ -25,6 +25,10 @@ def data_paths(train: str, val: str, test: str) -> dict[str, str]:
 
 def split_table(table: tables.Table, n: int, seed: int) -> tuple[tables.Table, tables.Table]:
     """A seeded, stratified split into ``n`` rows and the rest."""
+    # Imported here: sklearn takes seconds to import, and an entry point reads and checks the
+    # data files before anything slow.
+    from sklearn.model_selection import train_test_split
+
     index = np.arange(len(table.texts))
     _, counts = np.unique(table.labels, return_counts=True)
     stratify = table.labels if counts.min() >= 2 else None
@@ -71,3 +75,12 @@ def read_train_val(
     if 0 < max_train_samples < len(train.texts):
         train, _ = split_table(train, max_train_samples, seed)
     return train, val, label_names
+
+
+def read_inputs(cfg: Any) -> tuple[tables.Table, tables.Table, list[str]]:
+    """The training and validation tables and the label map of ``cfg``'s data files."""
+    data = cfg.data
+    paths = data_paths(data.train, data.val, data.test)
+    return read_train_val(
+        paths, data.text_column, data.label_column, cfg.seed, data.max_train_samples
+    )
