@@ -86,8 +86,10 @@ def _watch(read_fd: int) -> None:
 
 
 def _on_signal(signum: int) -> None:
+    if signum not in SIGNALS:  # another handler's signal (the pipe gets them all): not ours
+        return
     flag = _WATCHER.flag
-    if flag is None or not flag.is_ready or signum not in SIGNALS:
+    if flag is None or not flag.is_ready:
         exit_now(signum)
     elif flag.signum is None:
         flag.signum = signum
