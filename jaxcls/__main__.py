@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from jaxcls import interrupts
+from jaxcls.runtime import tune_malloc
 
 # command -> (module with main(argv, prog), what it does); imported only when run, after the
 # entry point's set-up, so that a command's checks run before JAX loads.
@@ -32,7 +33,8 @@ def usage() -> str:
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """Run ``argv`` = [COMMAND, flags...] (default: the command line) and exit with its code."""
-    interrupts.install()  # first of all: Ctrl-C during the imports below exits cleanly too
+    tune_malloc()  # before any thread starts (jaxcls.runtime)
+    interrupts.install()  # then at once: Ctrl-C during the imports below exits cleanly too
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         if not argv or argv[0] in ("-h", "--help"):

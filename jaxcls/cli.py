@@ -53,10 +53,10 @@ def setup_logging() -> None:
 def run_entry_point(main: Callable[[], int | None]) -> None:
     """``run(main)`` for a command-line entry point: process settings first, then ``main``.
 
-    Before anything heavy: Ctrl-C (and SIGTERM) exit at once with one line, code 130 (143),
-    until the training loop takes them over (``jaxcls.interrupts``); malloc tuning."""
+    Before anything heavy: malloc tuning; Ctrl-C (and SIGTERM) exit at once with one line,
+    code 130 (143), until the training loop takes them over (``jaxcls.interrupts``)."""
+    tune_malloc()  # before any thread starts, JAX's CPU client's included
     interrupts.install()
-    tune_malloc()  # before anything starts JAX's CPU client
     try:
         run(main)
     finally:

@@ -30,7 +30,7 @@ options:
   --config.KEY=VALUE   set a config key (all listed below); repeatable
   --workdir DIR        the run directory (default: the config's workdir, else runs/<name>)
   --debug              show tracebacks instead of one-line errors
-  -h, --help           this help; after --config X it shows X's values"""
+  -h, --help           this help; with --config X it shows X's values"""
 
 
 @dataclasses.dataclass
