@@ -30,8 +30,8 @@ from jaxcls.errors import UserError
 
 REPO = e2e.REPO
 # A bad input must fail before JAX is imported; 2 s is the aim on an idle machine. The shared
-# 2-core test machine, under a load of 6-8, takes 3.5-5 s for these (Python + pandas alone
-# take 3 s there), so the bound here is loose and "JAX was not imported" is the real check.
+# 2-core test machine, under a load of 6-9, takes 3-8 s wall for these (1.1-1.4 s of CPU, most
+# of it Python and pandas), so the bound here is loose; "JAX was not imported" is the real check.
 BAD_INPUT_SECONDS = 20
 INTERRUPTED = re.compile(r"^interrupted by SIGINT: exiting")
 # Runs a script as python would, then says on stderr whether JAX was imported.
