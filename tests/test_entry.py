@@ -9,6 +9,7 @@ the run must get as far as compiling or training.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -186,7 +187,19 @@ def test_bad_inputs_fail_in_seconds_before_jax_loads(tmp_path):
 # Ctrl-C.
 
 
+def _threads(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        return 0
+
+
 def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path):
+    """At 0.5 s and 2 s after train.py's first line runs (the interpreter's own start-up, before
+    it, is Python's: 0.2 s here when idle, over 0.5 s at a load of 9). The first line starts the
+    signal watcher, the process's first thread (/proc shows it; Linux only)."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs /proc")
     data = e2e.write_dataset(tmp_path / "data", 4)
     for delay in (0.5, 2.0):
         workdir = tmp_path / f"run-{delay}"
@@ -195,6 +208,7 @@ def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path):
             [sys.executable, "train.py", *args], cwd=REPO, env=e2e.e2e_env(),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        assert e2e.wait_for(lambda pid=proc.pid: _threads(pid) > 1, 60, poll=0.01)
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
@@ -230,8 +244,11 @@ def test_ctrl_c_while_compiling_exits_130_and_leaves_no_run_dir(zygote, model, t
     (runs / "LATEST").write_text("/some/earlier/run\n")
     workdir = runs / "new"
     run = zygote.spawn("train.py", *_args(tmp_path, model, workdir))
-    compiling = e2e.wait_for(lambda: "compiling the training step" in run.err.read_text(), 300)
-    assert compiling, run.err.read_text()[-3000:]
+
+    def compiling() -> bool:
+        return run.err.is_file() and "compiling the training step" in run.err.read_text()
+
+    assert e2e.wait_for(compiling, 300), run.err.read_text()[-3000:]
     time.sleep(0.3)  # inside XLA's compiler now
     run.signal(signal.SIGINT)
     sent = time.monotonic()
@@ -254,7 +271,7 @@ def test_ctrl_c_in_the_loop_says_so_at_once_then_saves(zygote, model, tmp_path):
     assert e2e.wait_for(lambda: ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()),
                         300), run.err.read_text()[-3000:]  # fmt: skip
     run.signal(signal.SIGINT)
-    assert e2e.wait_for(lambda: interrupts.ACK in run.err.read_text(), 5)
+    assert e2e.wait_for(lambda: interrupts.ACK in run.err.read_text(), 5)  # at once
     result = run.wait(300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stopped by SIGINT after step" in result.stderr
