@@ -29,9 +29,9 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, dtype: str | None
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m jaxcls.convert") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m jaxcls.convert", description="Convert a Hugging Face Qwen3 checkpoint."
+        prog=prog, description="Convert a Hugging Face Qwen3 checkpoint."
     )
     parser.add_argument("--hf", required=True, help="Hugging Face Qwen3 model dir")
     parser.add_argument("--out", required=True, help="jaxcls model dir to create")

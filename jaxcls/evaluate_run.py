@@ -23,13 +23,16 @@ log = logging.getLogger("jaxcls")
 DEFAULT_MAX_TSNE_POINTS = 3000
 
 
-def evaluate_file(run: run_model.RunModel, path: str) -> tuple[dict, dict, tables.Table]:
-    """Score the run on a labelled file: (metrics, raw outputs, the scored table).
+def evaluate_file(
+    run: run_model.RunModel, path: str, table: tables.Table | None = None
+) -> tuple[dict, dict, tables.Table]:
+    """Score the run on a labelled file: (metrics, raw outputs, the scored table); ``table``:
+    the file already read (``run.read_table(path)``).
 
     Rows whose label training never saw are not scored: they are logged and listed in the
     metrics under ``unseen_labels`` ({"count", "unit", "labels": label -> rows}).
     """
-    table = run.read_table(path)
+    table = table or run.read_table(path)
     unseen = tables.unseen_labels(table, run.label_names)
     if unseen:
         count = sum(map(len, unseen.values()))

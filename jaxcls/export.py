@@ -100,9 +100,9 @@ def export(workdir: Path, ckpt: str, fmt: str, out: Path, dtype: str | None = No
     return Path(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m jaxcls.export") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m jaxcls.export",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

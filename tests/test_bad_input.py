@@ -140,7 +140,8 @@ def _cases(good: e2e.Reference, f: dict[str, Path], tmp: Path) -> dict:
             ["model_type 'llama'"],
         ),
         "ckpt names nothing": (
-            "eval.py", ["--workdir", str(run), "--ckpt", "99"], {},
+            "eval.py", ["--workdir", str(run), "--ckpt", "99", "--data", str(good.data["val"])],
+            {},
             ["--ckpt '99' names no checkpoint", "best, latest"],
         ),
         "no run dir": (

@@ -20,7 +20,7 @@ from jaxcls.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT = CONFIGS / "default.py"
-VARIANTS = sorted(p for p in CONFIGS.glob("*.py") if p.name != "default.py")
+VARIANTS = sorted(p for p in CONFIGS.glob("[!_]*.py") if p.name != "default.py")
 # The stable key names from DESIGN.md that scripts and users rely on.
 DESIGN_KEYS = """workdir devices seed model.path model.preset model.dtype model.param_dtype
 model.pooling model.feature_layer model.projection_dim model.remat lora.rank lora.alpha

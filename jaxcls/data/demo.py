@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from jaxcls.errors import UserError
 from jaxcls.files import temporary_sibling, write_atomic, write_text_atomic
@@ -75,6 +74,9 @@ def load_corpus() -> tuple[list[str], list[str]]:
 def _split(
     texts: list[str], labels: list[str], max_per_class: int | None
 ) -> dict[str, pd.DataFrame]:
+    # Imported here: sklearn takes seconds to import, and only a first run builds the splits.
+    from sklearn.model_selection import train_test_split
+
     frame = pd.DataFrame({"text": texts, "label": labels})
     if max_per_class is not None:
         frame = pd.concat(

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from jaxcls.config import parse_split
 from jaxcls.data import tables
@@ -35,6 +34,10 @@ def data_paths(train: str, val: str, test: str) -> dict[str, str]:
 def split_table(table: tables.Table, n: int, seed: int) -> tuple[tables.Table, tables.Table]:
     """A seeded split into ``n`` rows and the rest, stratified by label when every class has
     two rows and each side has room for every class."""
+    # Imported here: sklearn takes seconds to import, and an entry point reads and checks the
+    # data files before anything slow.
+    from sklearn.model_selection import train_test_split
+
     index = np.arange(len(table.texts))
     _, counts = np.unique(table.labels, return_counts=True)
     room = min(n, len(index) - n) >= len(counts)

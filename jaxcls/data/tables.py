@@ -288,3 +288,22 @@ def encode_labels(table: Table, label_names: Sequence[str]) -> np.ndarray:
         )
     index = {name: i for i, name in enumerate(label_names)}
     return np.array([index[label] for label in table.labels], dtype=np.int32)
+
+
+def read_frame(
+    path: str | os.PathLike, text_column: str = "", key: str = "data.text_column"
+) -> tuple[pd.DataFrame, str, list[str]]:
+    """A file as it is, every row and column in order, for predictions to be joined back to it:
+    the frame, its text column (``text_column``, else found among TEXT_NAMES; ``key`` is the
+    setting an error names) and each row's cleaned text ('' for a blank one)."""
+    path = Path(path)
+    frame, _, _ = _read_frame(path)
+    if len(frame.columns) == 0:
+        raise UserError(f"{path} has no header row; put column names (e.g. text) in row 1")
+    column = _find_column(frame, path, text_column, TEXT_NAMES, key)
+    if column is None:
+        raise UserError(
+            f"{path}: no text column among: {', '.join(str(c) for c in frame.columns)}; name it "
+            f"one of {', '.join(TEXT_NAMES)} or set {key}"
+        )
+    return frame, column, [_cell_str(v) for v in frame[column]]

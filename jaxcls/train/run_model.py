@@ -105,7 +105,6 @@ def build(
     train_base = bool(cfg.model.train_base) and not cfg.model.path
     params = lora.combine(loaded.params, heads)
     if train_base:
-        log.info("random-init base: the base weights train too (model.train_base)")
         trainable_params, frozen = params, {}
     else:
         trainable_params, frozen = lora.partition(params, HEADS)

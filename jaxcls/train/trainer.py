@@ -24,6 +24,7 @@ from jaxcls.errors import UserError
 from jaxcls.eval import scoring
 from jaxcls.files import write_text_atomic
 from jaxcls.formats import run_dir
+from jaxcls.interrupts import StopFlag
 from jaxcls.model import lora
 from jaxcls.train import (
     checkpoints,
@@ -51,29 +52,6 @@ def total_steps(cfg: Any, micro_per_epoch: int) -> int:
     if cfg.train.max_steps > 0:
         return int(cfg.train.max_steps)
     return int(cfg.train.epochs) * -(-micro_per_epoch // int(cfg.optim.accumulate))
-
-
-class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and exits cleanly."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old = {}
-
-    def __enter__(self) -> StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._set)
-            except ValueError:  # not the main thread: no handlers
-                pass
-        return self
-
-    def _set(self, signum, frame) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def read_inputs(cfg: Any) -> tuple[tables.Table, tables.Table, list[str]]:
@@ -121,7 +99,13 @@ def write_run_files(cfg: Any, workdir: Path, inputs: splits.Inputs) -> None:
 class Trainer:
     """One training run of ``cfg`` in ``workdir`` (resumed when it has checkpoints)."""
 
-    def __init__(self, cfg: Any, workdir: str | Path | None = None):
+    def __init__(
+        self,
+        cfg: Any,
+        workdir: str | Path | None = None,
+        inputs: splits.Inputs | None = None,
+    ):
+        """``inputs``: ``splits.read_inputs`` of ``cfg`` when the caller has read them already."""
         config_lib.validate_config(cfg)
         self.cfg = cfg
         self.workdir = Path(workdir or config_lib.resolve_workdir(cfg))
@@ -133,7 +117,7 @@ class Trainer:
         sharding.check_batch_size(cfg.train.eval_batch_size, self.mesh, "train.eval_batch_size")
 
         # Input, checked against the run dir before any slow work.
-        inputs = splits.read_inputs(cfg.data, cfg.seed)
+        inputs = inputs or splits.read_inputs(cfg.data, cfg.seed)
         train_table, val_table, self.label_names = inputs.train, inputs.val, inputs.label_names
         # The "auto" keys resolved from the data's size; the run and its config.json use these.
         cfg, choices = plan.resolve(cfg, len(train_table.texts))
@@ -160,6 +144,8 @@ class Trainer:
             log.warning(warning)
         optim = OptimSettings.from_config(cfg.optim)
         self.optimizer = steps.make_optimizer(optim, self.n_steps)
+        if self.run.train_base:
+            log.info("random-init base: the base weights train too (model.train_base)")
         log.info(lora.summary(self.run.trainable, self.run.frozen))
         log.info(
             "%d training / %d validation texts, %d classes, %d steps on %d device(s)",
@@ -283,9 +269,13 @@ class Trainer:
         self.window = self.meta.pop("window", None) or {"sums": {}, "seen": 0}
         tokens, t0 = 0, None
         status = "finished"
-        bar = tqdm(total=self.n_steps, initial=start, unit="step", disable=not self.main)
-        # Closing the bar on any exit ends its line, so an error message starts a line of its own.
-        with StopFlag() as stop, contextlib.closing(bar):
+        # The bar starts after the first step, which compiles, so that its rate and ETA count
+        # steps only (validations and saves are left out too: ``unpause``). Closing it on any
+        # exit ends its line, so an error message starts a line of its own.
+        bar, stop = None, StopFlag()
+        if self.main and start < self.n_steps:
+            log.info("compiling the training step (step %d)...", start + 1)
+        with stop, contextlib.ExitStack() as closing:
             for step in range(start, self.n_steps):
                 if self.meta["finished"]:
                     break
@@ -296,7 +286,12 @@ class Trainer:
                 self.state, metrics = self.train_step(self.state, self.frozen, placed)
                 metrics = jax.device_get(metrics)
                 done = step + 1
-                bar.update(1)
+                if bar is None:
+                    stop.ready()  # from now on a signal stops the loop after its step
+                    bar = tqdm(total=self.n_steps, initial=done, unit="step", disable=not self.main)
+                    closing.enter_context(contextlib.closing(bar))
+                else:
+                    bar.update(1)
                 if t0 is None:  # the first step compiles: time from its end
                     t0 = time.perf_counter()
                 else:
@@ -320,6 +315,7 @@ class Trainer:
                 elif stop.signum is not None or self._save_due(done):
                     self.save(done, {})
                 t0 += time.perf_counter() - paused  # tokens/s: validating and saving excluded
+                bar.unpause()
                 if stop.signum is not None and not self.meta["finished"]:
                     status = "interrupted"
                     break
@@ -383,6 +379,10 @@ class Trainer:
             )  # fmt: skip
 
 
-def train_and_evaluate(cfg: Any, workdir: str | Path | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+    cfg: Any,
+    workdir: str | Path | None = None,
+    inputs: tuple[tables.Table, tables.Table, list[str]] | None = None,
+) -> dict[str, Any]:
     """Train from a config; returns the best validation metric and where the run is."""
-    return Trainer(cfg, workdir).fit()
+    return Trainer(cfg, workdir, inputs).fit()
