@@ -222,6 +222,7 @@ def batch_gradients(
     # Reduced over the compiler's fsdp axis first, into the weights' own FSDP layout: left
     # partial there, the psum over a data axis of size 1 fails in XLA's SPMD partitioner
     # (jax 0.10.2: "Cross-partition allreduce must be in (partial) manual partitioning mode").
+    # It still fails for a base that trains (model.train_base) split over a 1 x fsdp mesh.
     grads = jax.lax.with_sharding_constraint(grads, _fsdp_specs(grads, fsdp))
     grads = jax.tree_util.tree_map(lambda g: g / n_micro, jax.lax.psum(grads, DATA))
     return loss, parts, grads
