@@ -300,10 +300,8 @@ def read_frame(
     frame, _, _ = _read_frame(path)
     if len(frame.columns) == 0:
         raise UserError(f"{path} has no header row; put column names (e.g. text) in row 1")
-    column = _find_column(frame, path, text_column, TEXT_NAMES, key)
-    if column is None:
-        raise UserError(
-            f"{path}: no text column among: {', '.join(str(c) for c in frame.columns)}; name it "
-            f"one of {', '.join(TEXT_NAMES)} or set {key}"
-        )
+    column, problem = _find_column(frame, text_column, TEXT_NAMES, key, "text")
+    if problem is not None:
+        columns = ", ".join(str(c) for c in frame.columns)
+        raise UserError(f"{path}: {problem[0]} among: {columns}; {problem[1]}")
     return frame, column, [_cell_str(v) for v in frame[column]]
