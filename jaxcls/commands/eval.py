@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "jaxcls eval") -> int:
         raise UserError("the run has no data.test; pass --data FILE")
     table = tables.read_table(path, cfg.data.text_column, cfg.data.label_column)
     if labels is not None:
-        tables.encode_labels(table, labels)
+        tables.check_some_known(table, labels)
     out = Path(args.out) if args.out else out_dir(workdir, path, own_test)
 
     from jaxcls import evaluate_run
@@ -83,12 +83,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "jaxcls eval") -> int:
     from jaxcls.train.restore import load_run
 
     if args.lora_model:
-        run, what = run_model.from_peft(cfg, args.lora_model), f"adapter {workdir}"
+        run, what, step = run_model.from_peft(cfg, args.lora_model), f"adapter {workdir}", None
     else:
         run, step = load_run(workdir, ckpt)
         what = f"checkpoint {step}"
     result, outputs, table = evaluate_run.evaluate_file(run, path, table)
     print_summary(result, run.label_names)
-    evaluate_run.write_outputs(run, result, outputs, table, out)
+    evaluate_run.write_outputs(run, result, outputs, table, out, step=step)
     print(f"{what} on {path}: metrics, predictions and report.html in {out}")
     return 0

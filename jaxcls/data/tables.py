@@ -265,6 +265,17 @@ def describe_unseen(table: Table, unseen: dict[str, list[int]]) -> str:
     ) + ("; ..." if len(unseen) > 5 else "")
 
 
+def check_some_known(table: Table, label_names: Sequence[str]) -> dict[str, list[int]]:
+    """``unseen_labels`` of a file to evaluate; none of its labels known is a UserError."""
+    unseen = unseen_labels(table, label_names)
+    if unseen and sum(map(len, unseen.values())) == len(table.texts):
+        raise UserError(
+            f"{table.path}: no row has a label the run was trained on {list(label_names)}: "
+            f"{describe_unseen(table, unseen)}; check data.label_column and the labels"
+        )
+    return unseen
+
+
 def known_rows(table: Table, label_names: Sequence[str]) -> Table:
     """The rows of ``table`` whose labels are in ``label_names``."""
     known = set(label_names)
