@@ -201,7 +201,7 @@ def balanced_alpha(label_counts: Sequence[int] | np.ndarray) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def _class_alpha(alpha: None | float | Sequence[float] | Array, num_classes: int) -> Array:
+def class_weights(alpha: None | float | Sequence[float] | Array, num_classes: int) -> Array:
     """Per-class weights [C] from the accepted forms of ``alpha``."""
     if alpha is None:
         return jnp.ones((num_classes,), jnp.float32)
@@ -247,7 +247,7 @@ def focal_loss(
     ce = -jnp.sum(target * log_probs, axis=-1)
     log_py = jnp.sum(onehot * log_probs, axis=-1)
     weight = jnp.power(jnp.maximum(-jnp.expm1(log_py), FOCAL_EPS), gamma)
-    alpha_y = jnp.sum(onehot * _class_alpha(alpha, num_classes), axis=-1)
+    alpha_y = jnp.sum(onehot * class_weights(alpha, num_classes), axis=-1)
     return masked_mean(alpha_y * weight * ce, v)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from jaxcls.errors import UserError
 from jaxcls.train.losses import (
     FOCAL_EPS,
+    class_weights,
     cosine_similarity,
     masked_logsumexp,
     masked_mean,
@@ -43,15 +44,7 @@ def _positive_alpha(alpha: float | Sequence[float] | Array, num_classes: int) ->
                 f"loss.focal_alpha is {concrete.tolist()}; multi-label alpha weighs a label's "
                 "positives by alpha and its negatives by 1 - alpha, so use values in [0, 1]"
             )
-    weights = upcast(alpha)
-    if weights.ndim == 0:
-        return jnp.full((num_classes,), weights)
-    if weights.shape != (num_classes,):
-        raise UserError(
-            f"loss.focal_alpha has {weights.shape[0]} weights but there are {num_classes} "
-            "classes; give one weight per label (labels.json order) or a single number"
-        )
-    return weights
+    return class_weights(alpha, num_classes)
 
 
 def binary_focal_loss(
