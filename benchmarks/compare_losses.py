@@ -86,12 +86,10 @@ def overrides(args: argparse.Namespace, seed: int, workdir: Path) -> list[str]:
 
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
     """Train one variant with one seed, then score its best checkpoint on the test file."""
-    from jaxcls.data.tables.tables.tables import splits
-
     from jaxcls import evaluate_run
     from jaxcls.config import load_config
-    from jaxcls.eval import scoring
-    from jaxcls.train import run_model
+    from jaxcls.data import splits
+    from jaxcls.train import restore
     from jaxcls.train.trainer import Trainer
 
     config_file, extra = VARIANTS[variant]
@@ -103,17 +101,12 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     fit = trainer.fit()  # the first step's compile and the validations included
     train_s = time.perf_counter() - start
-    test_file = splits.data_paths(cfg)["test"]
+    test_file = splits.data_paths(cfg.data.train, cfg.data.val, cfg.data.test)["test"]
     if fit["best_step"] == int(trainer.state.step):  # best = final: score the state in memory
-        run, step = trainer.run, fit["best_step"]
-        test = run.dataset(run_model.read_table(cfg, test_file))
-        outputs = scoring.run_dataset(
-            trainer.eval_step, trainer.state.trainable, trainer.frozen, test,
-            cfg.train.eval_batch_size, run.pad_id, cfg.data.max_length, trainer.mesh,
-        )  # fmt: skip
-        result = scoring.score(outputs, test.labels, run.label_names)
+        step = fit["best_step"]
+        result, _ = trainer.evaluate(trainer.run.dataset(trainer.run.read_table(test_file)))
     else:
-        run, step = evaluate_run.load_run(workdir, "best")
+        run, step = restore.load_run(workdir, "best")
         result, _, _ = evaluate_run.evaluate_file(run, test_file)
     record = {"variant": variant, "seed": seed, "train_s": train_s, "best_step": step}
     record["step_ms"] = 1e3 * statistics.median(step_s[1:] or step_s)  # after the compile
@@ -140,18 +133,18 @@ def time_steps(trainer) -> list[float]:
 
 def tfidf_baseline(args: argparse.Namespace, seed: int) -> dict:
     """TF-IDF char 1-2-grams + logistic regression on the run's exact training rows."""
-    from jaxcls.data.tables.tables.tables import splits
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
 
     from jaxcls.config import load_config
-    from jaxcls.train import run_model
+    from jaxcls.data import splits, tables
+    from jaxcls.train.trainer import read_inputs
 
     cfg = load_config(REPO / "configs/focal.py", overrides(args, seed, Path(args.workdir)))
-    paths = splits.data_paths(cfg)
-    train, _, _ = splits.read_train_val(cfg, paths)  # the same subset the trainer uses
-    test = run_model.read_table(cfg, paths["test"])
+    train, _, _ = read_inputs(cfg)  # the same subset the trainer uses
+    paths = splits.data_paths(cfg.data.train, cfg.data.val, cfg.data.test)
+    test = tables.read_table(paths["test"], cfg.data.text_column, cfg.data.label_column)
     start = time.perf_counter()
     vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True)
     model = LogisticRegression(max_iter=2000, random_state=seed)
@@ -207,10 +200,9 @@ def markdown(summary: dict, settings: dict) -> str:
 
 def describe(args: argparse.Namespace) -> str:
     """One sentence on the setting: model, data, subset, steps."""
-    from jaxcls.data.tables.tables.tables import splits
-
     from jaxcls.config import load_config
-    from jaxcls.train.trainer import total_steps
+    from jaxcls.data import splits
+    from jaxcls.train.trainer import read_inputs, total_steps
 
     cfg = load_config(REPO / "configs/focal.py", overrides(args, 0, Path(args.workdir)))
     m, t = cfg.model, cfg.train
@@ -219,8 +211,8 @@ def describe(args: argparse.Namespace) -> str:
         f"random-init Qwen3 (hidden {m.hidden_size}, {m.num_layers} layers, "
         f"{'base trained' if m.train_base else 'base frozen'}, LoRA rank {cfg.lora.rank})"
     )  # fmt: skip
-    paths = splits.data_paths(cfg)
-    train, val, _ = splits.read_train_val(cfg, paths)
+    train, val, _ = read_inputs(cfg)
+    paths = splits.data_paths(cfg.data.train, cfg.data.val, cfg.data.test)
     per_epoch = -(-len(train.texts) // t.batch_size)
     steps = total_steps(cfg, per_epoch)
     return (
@@ -237,10 +229,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import jax
 
-    from jaxcls.train import base_model
+    from jaxcls.data import tokenizer
 
     # Every run loads the same tokenizer, 5 s a time on a busy machine: load it once.
-    base_model.load_tokenizer = functools.cache(base_model.load_tokenizer)
+    tokenizer.load_tokenizer = functools.cache(tokenizer.load_tokenizer)
     # Seeds after the first, and the eval step of every variant, reuse compiled programs.
     jax.config.update("jax_compilation_cache_dir", str(Path(args.workdir) / "jax-cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

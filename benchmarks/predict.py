@@ -88,9 +88,9 @@ def main() -> None:
     tuned = False if args.no_tune_malloc else tune_malloc()  # as predict.py: before JAX starts
 
     import jax
-    from jaxcls.data.tables.tables.demo import qwen_tokenizer_dir
 
-    from jaxcls.train.base_model import load_tokenizer
+    from jaxcls.data.demo import qwen_tokenizer_dir
+    from jaxcls.data.tokenizer import load_tokenizer
 
     print(f"machine: {common.machine()}; jax {jax.__version__} on {jax.devices()[0]}")
     print(f"shape: {s}; {args.texts} texts per call; jaxcls malloc tuned: {tuned}")

@@ -71,7 +71,8 @@ def build_jax(s: common.Shape) -> tuple[Any, tuple]:
     from jaxcls.config import load_config
     from jaxcls.model import lora
     from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
-    from jaxcls.train import steps
+    from jaxcls.train import sharding, steps
+    from jaxcls.train.settings import ContrastiveSettings, OptimSettings, StepSettings
 
     default = Path(__file__).resolve().parents[1] / "configs" / "default.py"
     cfg = load_config(default)
@@ -84,14 +85,18 @@ def build_jax(s: common.Shape) -> tuple[Any, tuple]:
     params = jax.jit(model.init)(jax.random.PRNGKey(0), ids, ids)["params"]
     heads, frozen = lora.partition(params, r"^(score|projection)/")
     adapters = lora.init(frozen, lora.LoRAConfig.from_config(cfg.lora), jax.random.PRNGKey(1))
-    trainable = {"adapters": adapters, "params": heads, "extra": steps.init_extra(cfg.contrastive)}
+    extra = steps.init_extra(ContrastiveSettings.from_config(cfg.contrastive))
+    trainable = {"adapters": adapters, "params": heads, "extra": extra}
     total = 1000
-    optimizer = steps.make_optimizer(cfg.optim, total)
+    optimizer = steps.make_optimizer(OptimSettings.from_config(cfg.optim), total)
     state = steps.TrainState(
         step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable),
         rng=jax.random.PRNGKey(2), bad_steps=jnp.zeros((), jnp.int32),
     )  # fmt: skip
-    train_step = jax.jit(steps.make_train_step(model, cfg, optimizer, total), donate_argnums=(0,))
+    one_device = sharding.make_mesh("0")
+    state = jax.device_put(state, sharding.replicated(one_device))  # where the step returns it
+    step = steps.make_train_step(model, StepSettings.from_config(cfg, total), optimizer, one_device)
+    train_step = jax.jit(step, donate_argnums=(0,))
     host = common.random_batch(s, NUM_LABELS)
     batch = {k: jnp.asarray(v[None]) for k, v in host.items()}  # one micro-batch
     batch["valid"] = jnp.ones((1, s.batch), jnp.float32)

@@ -154,16 +154,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.min_bucket_batches = 8
     # Use at most this many training rows (seeded, stratified choice); 0 = all.
     config.data.max_train_samples = 0
+    # Make train/validation(/test) from data.train alone: fractions "0.8,0.1,0.1" or "0.9,0.1"
+    # (stratified, seeded; the parts are written to RUN/data/); "" = data.val/data.test as given.
+    config.data.split = ""
 
     # AdamW with linear warmup and cosine decay.
     config.optim = ml_collections.ConfigDict()
-    # Peak learning rate; 1e-3 suits the demo's random-init model, use 1e-4..2e-4 for LoRA on a
-    # pretrained model.path.
-    config.optim.lr = 1e-3
+    # Peak learning rate; 0 = the recipe's: 1e-3 for a random-init base, 2e-4 for LoRA on a
+    # pretrained model.path (the log says which recipe is in force).
+    config.optim.lr = 0.0
     # Decoupled weight decay.
     config.optim.weight_decay = 0.01
-    # Linear learning-rate warmup steps.
-    config.optim.warmup_steps = 30
+    # Linear learning-rate warmup steps; 0 = optim.warmup_ratio of the run's steps.
+    config.optim.warmup_steps = 0
+    # Warmup as a fraction of the run's optimizer steps (when optim.warmup_steps is 0).
+    config.optim.warmup_ratio = 0.05
     # Clip gradients to this global norm; 0 = no clipping.
     config.optim.grad_clip = 1.0
     # Gradient accumulation: micro-batches of train.batch_size per optimizer update.
@@ -175,23 +180,26 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.batch_size = 32
     # Global batch size for validation and test.
     config.train.eval_batch_size = 64
-    # Passes over the training data (used when max_steps is 0); the demo needs one, LoRA on a
-    # pretrained model usually 2-3.
-    config.train.epochs = 1
+    # Passes over the training data (used when max_steps is 0); 0 = from the data's size: about
+    # 400 updates for a random-init base (1-20 epochs; the demo: 1), 600 for LoRA (2-5 epochs).
+    config.train.epochs = 0
     # Stop after this many optimizer steps; 0 = from epochs.
     config.train.max_steps = 0
     # Log training metrics to metrics.jsonl every this many steps.
     config.train.log_every = 20
     # Validate (and save the best/latest checkpoint) every this many steps and at the end; 0 =
-    # at the end of each epoch. The demo's 435 steps: 5 validations, so its curves have points.
-    config.train.eval_every = 100
+    # train.evals_per_epoch times per epoch.
+    config.train.eval_every = 0
+    # Validations per epoch when train.eval_every is 0 (the demo: 4, so its curves have points).
+    config.train.evals_per_epoch = 4
     # Validation metric that picks the best checkpoint and drives early stopping, e.g.
     # "val/macro_f1", "val/accuracy", "val/loss", "val/silhouette", "val/sim_gap".
     config.train.best_metric = "val/macro_f1"
     # Whether larger ("max") or smaller ("min") best_metric is better.
     config.train.best_mode = "max"
-    # Stop after this many validations without improvement; 0 = no early stopping.
-    config.train.patience = 0
+    # Stop after this many validations without improvement (the best checkpoint is the one
+    # evaluated and exported); 0 = no early stopping.
+    config.train.patience = 6
     # Keep the best k checkpoints by best_metric (the latest is always kept too).
     config.train.keep_best = 1
     # Also save the state every this many steps (kept until the next one), so a killed run loses
@@ -203,6 +211,16 @@ def get_config() -> ml_collections.ConfigDict:
     # A step with a non-finite loss or gradient is skipped (no update); stop with an error after
     # this many consecutive ones.
     config.train.max_bad_steps = 5
+    # Where training and validation scalars go, comma-separated: "jsonl" (metrics.jsonl, always
+    # written: resume and the curves read it), "tensorboard" (event files in RUN/tensorboard/),
+    # "wandb" (needs the wandb package; offline in RUN/wandb/ unless WANDB_MODE=online).
+    config.train.loggers = "jsonl,tensorboard"
+
+    # Evaluation outputs (eval/ of train.py's final evaluation and of eval.py).
+    config.eval = ml_collections.ConfigDict()
+    # t-SNE picture of at most this many test features (stratified subsample; the slowest part
+    # of an evaluation on CPU, timed in the log); 0 = no t-SNE.
+    config.eval.max_tsne_points = 3000
 
     # Multi-host setup for jax.distributed.initialize; the defaults mean a single process.
     config.distributed = ml_collections.ConfigDict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,17 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcls.data import batches
+from jaxcls.data import tokenizer as tokenizer_lib
 from jaxcls.errors import UserError
+from jaxcls.formats import model_dir, peft_dir
 from jaxcls.model import layerstack
 from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
-
-
-def labels_from_id2label(id2label: dict[int, str], where: str) -> list[str]:
-    """Label names in class-index order; the ids must be 0..C-1."""
-    if sorted(id2label) != list(range(len(id2label))):
-        raise UserError(f"{where}: id2label keys {sorted(id2label)} are not 0..{len(id2label) - 1}")
-    return [id2label[i] for i in range(len(id2label))]
+from jaxcls.train import restore
 
 
 class Classifier:
@@ -45,7 +42,7 @@ class Classifier:
         self.tokenizer, self.max_length, self.template = tokenizer, max_length, template
         self.batch_size = batch_size
         # Right padding with the tokenizer's pad token (<|endoftext|> for Qwen), else EOS.
-        self.pad_id = batches.pad_id(tokenizer)
+        self.pad_id = tokenizer_lib.pad_id(tokenizer)
         if head.scan:  # the scanned model's layout (never differentiated here: bits are fine)
             params = layerstack.step_layout(params, config.num_hidden_layers)
         self.params = jax.device_put(params)
@@ -75,7 +72,6 @@ class Classifier:
         ``dtype`` is the compute dtype: default float32 on CPU, bfloat16 on accelerators.
         ``ckpt`` (best | latest | step | path) selects the checkpoint of a training run dir.
         """
-        from jaxcls.formats import peft_dir
 
         path = Path(path)
         dtype = dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
@@ -88,20 +84,13 @@ class Classifier:
             return cls._from_loaded(loaded, path, dtype, max_length, batch_size)
         if base is not None:
             raise UserError(f"{path}: not a peft adapter dir (no adapter_config.json); drop base")
-        from jaxcls.formats.model_dir import read_model
-
-        return cls._from_loaded(read_model(path), path, dtype, max_length, batch_size)
+        return cls._from_loaded(model_dir.read_model(path), path, dtype, max_length, batch_size)
 
     @classmethod
     def _from_run(cls, path: Path, ckpt: str, dtype: str, batch_size: int) -> Classifier:
         """A training run at checkpoint ``ckpt``, with LoRA merged into plain kernels."""
-        import dataclasses
-
-        from jaxcls.evaluate_run import load_run
-
-        run, _ = load_run(path, ckpt)
-        head = HeadConfig.from_config(run.cfg.model, len(run.label_names))
-        head = dataclasses.replace(head, dtype=dtype, remat=False)
+        run, _ = restore.load_run(path, ckpt)
+        head = dataclasses.replace(run.model.head, dtype=dtype, remat=False)
         return cls(
             run.config,
             head,
@@ -117,9 +106,7 @@ class Classifier:
     def _from_loaded(
         cls, loaded: Any, path: Path, dtype: str, max_length: int, batch_size: int
     ) -> Classifier:
-        """From a ``modeldir.LoadedModel`` with a score head (plain params)."""
-        from transformers import AutoTokenizer
-
+        """From a ``model_dir.LoadedModel`` with a score head (plain params)."""
         if loaded.id2label is None:
             raise UserError(
                 f"{path}: a base model without a classification head (score); train on it first"
@@ -127,9 +114,9 @@ class Classifier:
         if loaded.tokenizer_dir is None:
             raise UserError(f"{path}: no tokenizer files; copy the model's tokenizer.json there")
         param_dtype = jax.tree_util.tree_leaves(loaded.params)[0].dtype.name
-        labels = labels_from_id2label(loaded.id2label, str(path))
+        labels = loaded.labels
         head = HeadConfig(num_labels=len(labels), dtype=dtype, param_dtype=param_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(loaded.tokenizer_dir)
+        tokenizer = tokenizer_lib.load_tokenizer(loaded.tokenizer_dir)
         return cls(
             loaded.config, head, loaded.params, tokenizer, labels, max_length, batch_size=batch_size
         )
@@ -138,7 +125,7 @@ class Classifier:
         """(probabilities [n, C], features [n, F]) in the order of ``texts``."""
         if isinstance(texts, str):
             raise TypeError("pass a list of texts, not a single string")
-        ids = batches.tokenize(list(texts), self.tokenizer, self.max_length, self.template)
+        ids = tokenizer_lib.tokenize(list(texts), self.tokenizer, self.max_length, self.template)
         # Batches of similar lengths pad little; the results go back to the input order.
         order = np.argsort([len(x) for x in ids], kind="stable").astype(np.int64)
         dataset = batches.Dataset(ids=[ids[i] for i in order], labels=None)

@@ -1,4 +1,4 @@
-"""What every entry point shares: logging, config flags, and UserError -> exit 2."""
+"""What every entry point shares: quiet logging, Ctrl-C, config flags, and UserError -> exit 2."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from jaxcls import interrupts
 from jaxcls.errors import UserError
+from jaxcls.runtime import tune_malloc
 
 EXIT_USER_ERROR = 2
 # OS errors that are the machine's state, not a bug: a full disk or quota, a file-size limit,
@@ -18,19 +20,47 @@ ENVIRONMENT_ERRNOS = {
 }  # fmt: skip
 
 
+# Log records that say nothing to a user of jaxcls: (logger, fragment of the message).
+QUIET = (
+    ("transformers", "PyTorch was not found"),  # jaxcls needs only transformers' tokenizers
+    ("absl", "Skipping merge of OCDBT checkpoints"),  # Orbax, single-process saves: nothing to do
+)
+
+
+class _Drop(logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in str(record.msg)
+
+
 def setup_logging() -> None:
+    """INFO from jaxcls on stderr, warnings from the libraries, without their known noise.
+
+    Call it before the libraries are imported: the filters sit on their loggers."""
     # force: a library may have configured the root logger while being imported.
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-    for noisy in ("absl", "jax._src", "orbax", "httpx"):
+    for noisy in ("absl", "jax._src", "orbax", "httpx", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name, fragment in QUIET:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Drop) and f.fragment == fragment for f in logger.filters):
+            logger.addFilter(_Drop(fragment))
 
 
 def run_entry_point(main: Callable[[], int | None]) -> None:
-    """``run(main)`` for a command-line entry point: process settings first, then ``main``."""
-    from jaxcls.runtime import tune_malloc
+    """``run(main)`` for a command-line entry point: process settings first, then ``main``.
 
-    tune_malloc()  # before anything starts JAX's CPU client
-    run(main)
+    Before anything heavy: malloc tuning; Ctrl-C (and SIGTERM) exit at once with one line,
+    code 130 (143), until the training loop takes them over (``jaxcls.interrupts``)."""
+    tune_malloc()  # before any thread starts, JAX's CPU client's included
+    interrupts.install()
+    try:
+        run(main)
+    finally:
+        interrupts.uninstall()
 
 
 def run(main: Callable[[], int | None], argv: Sequence[str] | None = None) -> None:
@@ -71,24 +101,3 @@ def config_args(argv: Sequence[str]) -> tuple[str | None, list[str]]:
                 key_value = f"{key_value}={args[i + 1]}"
             overrides.append(key_value)
     return path, overrides
-
-
-def parse_config_flags(argv: Sequence[str]):
-    """Parse absl flags (``config_flags.DEFINE_config_file``, locked) with clear errors.
-
-    Our own loader checks the config file and every override first, so a missing file, a
-    mistyped key or a value of the wrong type is a one-line UserError (with a suggestion)
-    instead of an absl traceback.
-    """
-    from absl import flags
-
-    from jaxcls.config import load_config
-
-    path, overrides = config_args(argv[1:])
-    if path is None:
-        raise UserError("missing --config; e.g. python train.py --config configs/margin.py")
-    load_config(path, overrides)
-    try:
-        return flags.FLAGS(list(argv))
-    except flags.Error as e:
-        raise UserError(str(e).splitlines()[0]) from None

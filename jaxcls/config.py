@@ -30,17 +30,30 @@ _POSITIVE = (
     "model.hidden_size model.num_layers model.num_heads model.num_kv_heads model.head_dim "
     "model.intermediate_size lora.rank lora.alpha contrastive.temperature "
     "contrastive.base_temperature contrastive.temperature_end contrastive.temperature_min "
-    "contrastive.temperature_max data.max_length data.min_bucket_batches optim.lr "
+    "contrastive.temperature_max data.max_length data.min_bucket_batches "
     "optim.accumulate train.batch_size "
-    "train.eval_batch_size train.log_every train.keep_best train.max_bad_steps mesh.fsdp"
+    "train.eval_batch_size train.log_every train.keep_best train.max_bad_steps mesh.fsdp "
+    "train.evals_per_epoch"
 ).split()
 _NON_NEGATIVE = (
     "model.projection_dim loss.focal_gamma contrastive.weight contrastive.focal_gamma "
     "contrastive.margin contrastive.warmup_steps contrastive.ramp_steps data.max_train_samples "
-    "optim.weight_decay optim.warmup_steps optim.grad_clip train.epochs train.max_steps "
-    "train.eval_every train.save_every train.patience distributed.num_processes"
+    "optim.lr optim.weight_decay optim.warmup_steps optim.grad_clip train.epochs train.max_steps "
+    "train.eval_every train.save_every train.patience distributed.num_processes "
+    "eval.max_tsne_points"
 ).split()
-_BELOW_ONE = ("lora.dropout", "loss.label_smoothing")
+_BELOW_ONE = ("lora.dropout", "loss.label_smoothing", "optim.warmup_ratio")
+# What a validation logs (jaxcls.eval.scoring computes them); train.best_metric names one.
+VALIDATION_METRICS = (
+    "loss",
+    "accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "intra_sim",
+    "inter_sim",
+    "sim_gap",
+    "silhouette",
+)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -151,6 +164,15 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         raise UserError("config key 'data.template' must contain the placeholder {text}")
     _check_contrastive(cfg.contrastive)
     _check_train(cfg)
+    parse_loggers(cfg.train.loggers)
+    parse_split(cfg.data.split)
+    if cfg.data.split and not cfg.data.train:
+        raise UserError("config key 'data.split' splits data.train; set data.train to your file")
+    if cfg.data.split and (cfg.data.val or cfg.data.test):
+        raise UserError(
+            "config key 'data.split' makes the validation and test sets from data.train; leave "
+            "data.val and data.test empty, or data.split empty to use them"
+        )
 
 
 def _check(cfg: ml_collections.ConfigDict, key: str, ok: Any, rule: str) -> None:
@@ -178,12 +200,11 @@ def _check_contrastive(con: ml_collections.ConfigDict) -> None:
 
 
 def _check_train(cfg: ml_collections.ConfigDict) -> None:
-    if cfg.train.epochs == 0 and cfg.train.max_steps == 0:
-        raise UserError("config keys 'train.epochs' and 'train.max_steps' are both 0; set one")
-    if not cfg.train.best_metric.startswith("val/"):
+    known = [f"val/{name}" for name in VALIDATION_METRICS]
+    if cfg.train.best_metric not in known:
         raise UserError(
-            f"config key 'train.best_metric' is {cfg.train.best_metric!r}; use a validation "
-            "metric such as val/macro_f1, val/loss or val/silhouette"
+            f"config key 'train.best_metric' is {cfg.train.best_metric!r}; use one of: "
+            f"{', '.join(known)}"
         )
     dist = cfg.distributed
     if dist.num_processes > 0 and not -1 <= dist.process_id < dist.num_processes:
@@ -191,6 +212,38 @@ def _check_train(cfg: ml_collections.ConfigDict) -> None:
             f"config key 'distributed.process_id' is {dist.process_id}; use -1 (auto) or "
             f"0..{dist.num_processes - 1}"
         )
+
+
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+
+
+def parse_loggers(spec: str) -> list[str]:
+    """The loggers of ``train.loggers``; metrics.jsonl is always written (resume reads it)."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in LOGGERS]
+    if unknown:
+        raise UserError(
+            f"config key 'train.loggers' names {', '.join(map(repr, unknown))}; use a "
+            f"comma-separated list of: {', '.join(LOGGERS)}"
+        )
+    return ["jsonl"] + [name for name in dict.fromkeys(names) if name != "jsonl"]
+
+
+def parse_split(spec: str) -> list[float]:
+    """The fractions of ``data.split`` ("0.8,0.1,0.1" = train, val, test; "0.9,0.1" = train,
+    val); [] when empty."""
+    if not spec.strip():
+        return []
+    try:
+        parts = [float(part) for part in spec.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3) or not all(0 < p < 1 for p in parts) or abs(sum(parts) - 1) > 1e-6:
+        raise UserError(
+            f"config key 'data.split' is {spec!r}; give 2 or 3 fractions in (0, 1) that sum to "
+            '1: train,val ("0.9,0.1") or train,val,test ("0.8,0.1,0.1")'
+        )
+    return parts
 
 
 def parse_focal_alpha(spec: str, class_counts: Sequence[int] | None) -> list[float] | None:

@@ -18,9 +18,10 @@ import numpy as np
 from jaxcls.config import load_config
 from jaxcls.errors import UserError
 from jaxcls.model import lora
-from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.model.classifier import HEADS, HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
 from jaxcls.train import sharding, steps
+from jaxcls.train.settings import OptimSettings, StepSettings
 
 # Every sharded dimension divides by 4 (vocab 100, hidden 64, MLP 88, 4 heads x 16).
 QWEN = Qwen3Config(
@@ -68,7 +69,7 @@ class Model:
         params = jax.tree_util.tree_map(
             np.asarray, jax.jit(self.model.init)(jax.random.PRNGKey(0), ids, ids)["params"]
         )
-        heads, self.frozen = lora.partition(params, lora.HEADS.pattern)
+        heads, self.frozen = lora.partition(params, HEADS)
         adapters = lora.init(self.frozen, lora.LoRAConfig.from_config(cfg.lora), jax.random.key(1))
         # Non-zero B, so that the first step already moves A and the base's gradients matter.
         adapters = jax.tree_util.tree_map_with_path(
@@ -79,7 +80,7 @@ class Model:
     def trainer(self, cfg, mesh, traces: list | None = None):
         """``train(batches)`` from fresh state on ``mesh`` (compiled once per batch shape):
         per-step metrics and trainable state, the final state and the placed base."""
-        optimizer = steps.make_optimizer(cfg.optim, TOTAL_STEPS)
+        optimizer = steps.make_optimizer(OptimSettings.from_config(cfg.optim), TOTAL_STEPS)
 
         def init_state(trainable):
             return steps.TrainState(
@@ -90,9 +91,8 @@ class Model:
                 bad_steps=jnp.zeros((), jnp.int32),
             )
 
-        step_fn = steps.make_train_step(
-            self.model, cfg, optimizer, TOTAL_STEPS, data_shards=sharding.data_size(mesh)
-        )
+        settings = StepSettings.from_config(cfg, TOTAL_STEPS)
+        step_fn = steps.make_train_step(self.model, settings, optimizer, mesh)
 
         def counted(state, frozen, batch):  # Python runs once per trace: a compile counter
             if traces is not None:
@@ -118,7 +118,8 @@ class Model:
     def evaluate(self, cfg, mesh, trainable, batch: dict) -> np.ndarray:
         """Logits of the eval step on ``mesh`` (replicated output)."""
         eval_step = jax.jit(
-            steps.make_eval_step(self.model, cfg), out_shardings=sharding.replicated(mesh)
+            steps.make_eval_step(self.model, lora.LoRAConfig.from_config(cfg.lora), mesh),
+            out_shardings=sharding.replicated(mesh),
         )
         out = eval_step(
             sharding.put_params(trainable, mesh),
@@ -165,8 +166,9 @@ def main() -> dict:
     one, four = sharding.make_mesh("0"), sharding.make_mesh("all")
     result = {}
 
-    # Global contrastive scope: 4 devices compute exactly what 1 device computes.
-    cfg = make_config("global")
+    # Global contrastive scope: 4 devices compute exactly what 1 device computes. (Without
+    # dropout: each data shard draws its own masks, checked under "dropout" below.)
+    cfg = make_config("global", dropout=0.0)
     h1, t1, _, _ = m.trainer(cfg, one)(batches)
     traces: list = []
     h4, t4, s4, _ = m.trainer(cfg, four, traces)(batches)
@@ -183,11 +185,12 @@ def main() -> dict:
     full = make_batch(rng, 1, BATCH, 12)
     full["valid"][:] = 1.0
     cfg_local = make_config("local", dropout=0.0)
-    (local,), *_ = m.trainer(cfg_local, four)([full])
+    train_four = m.trainer(cfg_local, four)
+    (local,), *_ = train_four([full])
     quarters = [{k: v[:, i * 4 : (i + 1) * 4] for k, v in full.items()} for i in range(4)]
     train_one = m.trainer(cfg_local, one)
     per_shard = [train_one([q])[0][0] for q in quarters]
-    (whole,), *_ = m.trainer(make_config("global", dropout=0.0), one)([full])
+    (whole,), *_ = m.trainer(cfg, one)([full])
     result["local"] = {
         "loss": local["loss"],
         "con_loss": local["con_loss"],
@@ -209,13 +212,33 @@ def main() -> dict:
         "trainable_diff": max_diff(t1[1], t02[1]),
     }
 
-    # FSDP: the base split in quarters (fsdp=4) or halves on a 2x2 mesh; same results.
-    for name, fsdp in (("fsdp4", 4), ("fsdp2x2", 2)):
+    # Dropout: every device draws its own masks. A batch of four copies of one quarter, on
+    # four devices with local scope, gives the one-device loss of that quarter without
+    # dropout, and another loss with it (device 0 draws the one-device masks, 1-3 others).
+    same = {k: np.concatenate([v[:, :4]] * 4, axis=1) for k, v in full.items()}
+    dropout_local = make_config("local", dropout=0.05)
+    result["dropout"] = {
+        "copies_diff_without": loss_diff(train_four([same])[0], train_one([quarters[0]])[0]),
+        "copies_diff_with": loss_diff(
+            m.trainer(dropout_local, four)([same])[0],
+            m.trainer(dropout_local, one)([quarters[0]])[0],
+        ),
+    }
+    # The fsdp axis does not change the masks: a 2x2 mesh draws what 2 devices draw.
+    dropout = make_config("global", dropout=0.05)
+    h02d, t02d, _, _ = m.trainer(dropout, pair)(batches[:2])
+
+    # FSDP: the base split in quarters (fsdp=4) or halves on a 2x2 mesh; same results (the
+    # 2x2 mesh with dropout, as the two data-parallel devices of "pair" with dropout).
+    for name, fsdp, run_cfg, (h_ref, t_ref) in (
+        ("fsdp4", 4, cfg, (h1[:2], t1[1])),
+        ("fsdp2x2", 2, dropout, (h02d, t02d[1])),
+    ):
         mesh = sharding.make_mesh("all", fsdp=fsdp)
-        hf, tf, _, ff = m.trainer(cfg, mesh)(batches[:2])
+        hf, tf, _, ff = m.trainer(run_cfg, mesh)(batches[:2])
         result[name] = {
-            "loss_diff": loss_diff(h1[:2], hf),
-            "trainable_diff": max_diff(t1[1], tf[1]),
+            "loss_diff": loss_diff(h_ref, hf),
+            "trainable_diff": max_diff(t_ref, tf[1]),
             "shards": shard_shapes(ff),
             "replicated_leaves": sum(x.sharding.is_fully_replicated for x in jax.tree.leaves(ff)),
         }

@@ -8,10 +8,12 @@ chose, and the files of ``eval/``: all written, readable, and a self-contained r
 from __future__ import annotations
 
 import base64
+import html
 import html.parser
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,8 @@ from matplotlib import image as mpimg
 
 from jaxcls import evaluate_run
 from jaxcls.config import load_config
-from jaxcls.train import trainer
+from jaxcls.errors import UserError
+from jaxcls.train import restore, trainer
 from jaxcls.train.checkpoints import Checkpoints
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
@@ -136,6 +139,78 @@ def test_eval_files_are_written_and_agree(run):
     for key in ("intra_sim", "inter_sim", "sim_gap", "silhouette"):
         assert isinstance(metrics[key], float)
     assert len(metrics["centroid_similarity"]) == 3
+
+
+def test_report_says_what_was_evaluated_and_lists_confident_mistakes(run):
+    out = run / "eval"
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    page = (out / "report.html").read_text(encoding="utf-8")
+    meta = metrics["meta"]
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    assert meta["run"] == str(run.absolute())
+    assert meta["data_file"] == str(Path(config["data"]["test"]).absolute())
+    best = Checkpoints(run / "checkpoints", "val/silhouette", "max", 1)
+    try:
+        assert meta["checkpoint_step"] == best.resolve("best")
+    finally:
+        best.close()
+    assert meta["date"][:4].isdigit() and meta["jaxcls_version"]
+    for value in (meta["run"], meta["data_file"], meta["date"], meta["jaxcls_version"]):
+        assert html.escape(str(value)) in page
+    # The most confident mistakes: wrong, most confident first, with their texts.
+    frame = pd.read_excel(out / "predictions.xlsx")
+    names = json.loads((run / "labels.json").read_text(encoding="utf-8"))
+    probs = frame[[f"p({n})" for n in names]].to_numpy()
+    wrong = (frame["gold"] != frame["predicted"]).to_numpy()
+    confidences = sorted(probs.max(axis=1)[wrong], reverse=True)[:20]
+    mistakes = metrics["mistakes"]
+    assert len(mistakes) == len(confidences) > 0
+    assert [m["probability"] for m in mistakes] == pytest.approx(confidences)
+    for m in mistakes:
+        assert m["gold"] != m["predicted"] and m["probability"] >= m["p_gold"]
+        row = frame[frame["row"] == m["row"]].iloc[0]
+        for key in ("text", "gold", "predicted"):
+            assert row[key] == m[key]
+        assert html.escape(m["text"]) in page
+
+
+def test_unseen_test_labels_are_reported_and_the_rest_scored(run, tmp_path, caplog):
+    test = pd.read_excel(Path(json.loads((run / "config.json").read_text())["data"]["test"]))
+    extra = pd.DataFrame({"text": ["惊喜 surprise", "意外 wow", "惊喜"], "label": ["惊讶"] * 3})
+    path = tmp_path / "test.xlsx"
+    pd.concat([test, extra]).to_excel(path, index=False)  # rows 20, 21, 22 are unseen
+    trained, step = restore.load_run(run, "best")
+    with caplog.at_level("INFO", logger="jaxcls"):
+        result, raw, table = evaluate_run.evaluate_file(trained, str(path))
+        evaluate_run.write_outputs(trained, result, raw, table, tmp_path / "eval", step=step,
+                                   tsne_points=0)  # fmt: skip
+    assert result["num_samples"] == len(test) == len(table.texts)
+    unseen = {"count": 3, "unit": "row", "labels": {"惊讶": [20, 21, 22]}}
+    assert result["unseen_labels"] == unseen
+    assert "3 of 21 rows have labels never seen in training" in caplog.text
+    assert "'惊讶' (row 20, 21, 22)" in caplog.text
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["unseen_labels"] == unseen
+    page = (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
+    assert "labels never seen in training" in page and "20, 21, 22" in page
+    # eval.max_tsne_points=0: no t-SNE, and the log says so.
+    assert not (tmp_path / "eval" / "tsne.png").exists()
+    assert "t-SNE skipped" in caplog.text
+    # Only unseen labels: nothing to score is an error naming them.
+    only = tmp_path / "only.xlsx"
+    extra.to_excel(only, index=False)
+    with pytest.raises(UserError, match=r"only\.xlsx: no row has a label.*'惊讶'"):
+        evaluate_run.evaluate_file(trained, str(only))
+
+
+def test_tsne_is_logged_with_its_time(run, caplog):
+    trained, step = restore.load_run(run, "best")
+    test = json.loads((run / "config.json").read_text())["data"]["test"]
+    result, raw, table = evaluate_run.evaluate_file(trained, test)
+    with caplog.at_level("INFO", logger="jaxcls"):
+        evaluate_run.write_outputs(trained, result, raw, table, run / "eval2", step=step)
+    assert "t-SNE of 18 feature vectors (eval.max_tsne_points=3000; 0 skips it)" in caplog.text
+    assert re.search(r"t-SNE done in \d+\.\d s", caplog.text)
 
 
 class _Refs(html.parser.HTMLParser):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxcls.data import batches
+from jaxcls.data import tokenizer as tokenizer_lib
 from jaxcls.data.tables import Table
 from jaxcls.errors import UserError
 
@@ -61,7 +62,7 @@ def table(texts, labels=None):
 
 
 def test_tokenize_matches_tokenizer(tokenizer):
-    ids = batches.tokenize(CORPUS[:5], tokenizer, max_length=512)
+    ids = tokenizer_lib.tokenize(CORPUS[:5], tokenizer, max_length=512)
     for text, x in zip(CORPUS[:5], ids, strict=True):
         assert x.dtype == np.int32
         assert x.tolist() == tokenizer(text)["input_ids"]
@@ -69,10 +70,10 @@ def test_tokenize_matches_tokenizer(tokenizer):
 
 def test_template(tokenizer):
     template = 'Review {"kind": "shop"}: {text}'
-    ids = batches.tokenize(["很好"], tokenizer, 512, template=template)
+    ids = tokenizer_lib.tokenize(["很好"], tokenizer, 512, template=template)
     assert ids[0].tolist() == tokenizer('Review {"kind": "shop"}: 很好')["input_ids"]
     with pytest.raises(UserError, match=r"data\.template .* no \{text\} placeholder"):
-        batches.tokenize(["很好"], tokenizer, 512, template="Review:")
+        tokenizer_lib.tokenize(["很好"], tokenizer, 512, template="Review:")
 
 
 @pytest.mark.parametrize("fixture", ["tokenizer", "eos_tokenizer"])
@@ -81,7 +82,7 @@ def test_truncation_counted_and_keeps_special_tokens(fixture, request, caplog):
     texts = [CORPUS[2], "ok", CORPUS[2] * 3]
     full = [tok(t)["input_ids"] for t in texts]
     with caplog.at_level(logging.WARNING, logger="jaxcls"):
-        ids = batches.tokenize(texts, tok, max_length=8, source="f.xlsx")
+        ids = tokenizer_lib.tokenize(texts, tok, max_length=8, source="f.xlsx")
     assert "f.xlsx: 2 of 3 texts longer than max_length=8 tokens were truncated" in caplog.text
     assert [len(x) for x in ids] == [min(8, len(f)) for f in full]
     assert ids[1].tolist() == full[1]
@@ -93,7 +94,7 @@ def test_truncation_counted_and_keeps_special_tokens(fixture, request, caplog):
 @pytest.mark.parametrize("bad", [0, -3, 1.5, True])
 def test_bad_max_length(tokenizer, bad):
     with pytest.raises(UserError, match="data.max_length"):
-        batches.tokenize(["a"], tokenizer, bad)
+        tokenizer_lib.tokenize(["a"], tokenizer, bad)
 
 
 def test_make_dataset(tokenizer):
@@ -107,10 +108,10 @@ def test_make_dataset(tokenizer):
 
 
 def test_pad_id(tokenizer):
-    assert batches.pad_id(tokenizer) == tokenizer.convert_tokens_to_ids("<pad>")
-    assert batches.pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=7)) == 7
+    assert tokenizer_lib.pad_id(tokenizer) == tokenizer.convert_tokens_to_ids("<pad>")
+    assert tokenizer_lib.pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=7)) == 7
     with pytest.raises(UserError, match="neither a pad nor an eos"):
-        batches.pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=None))
+        tokenizer_lib.pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=None))
 
 
 def test_buckets():

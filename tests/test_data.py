@@ -10,6 +10,7 @@ import pytest
 
 from jaxcls.data import tables
 from jaxcls.errors import UserError
+from jaxcls.formats import run_dir
 
 TEXTS = ["这本书很好看", "质量太差了，不推荐", "hello world", "物流很快 👍", "一般般吧"]
 LABELS = ["pos", "neg", "pos", "pos", "neg"]
@@ -100,6 +101,38 @@ def test_no_text_or_label_column_found(tmp_path):
     path = xlsx(tmp_path / "e.xlsx", [["text", "y"], ["a", "x"]])
     with pytest.raises(UserError, match=r"e\.xlsx: no label column among: text, y"):
         tables.read_table(path)
+
+
+def test_missing_text_and_label_columns_in_one_error(tmp_path):
+    path = xlsx(tmp_path / "d.xlsx", [["words", "y"], ["a", "x"]])
+    with pytest.raises(UserError) as err:
+        tables.read_table(path)
+    msg = str(err.value)
+    assert "no text column and no label column among: words, y" in msg
+    assert "data.text_column" in msg and "data.label_column" in msg and "\n" not in msg
+    with pytest.raises(UserError, match=r"no column 'body' \(data\.text_column\) and no label"):
+        tables.read_table(path, text_column="body")
+
+
+@pytest.mark.parametrize("ext", tables.SUPPORTED)
+def test_integer_labels_with_a_blank_cell_stay_integers(tmp_path, ext):
+    # A blank label cell makes pandas store 0/1/2 as 0.0/1.0/2.0; files written from such a
+    # frame hold "0.0" (csv, tsv, json) or float cells (xlsx, parquet).
+    labels = [0, 1, 2, None, 1, 2]
+    train = write(tmp_path / f"train{ext}", pd.DataFrame({"text": list("abcdef"), "label": labels}))
+    assert pd.DataFrame({"label": labels})["label"].dtype == np.float64
+    val = write(tmp_path / f"val{ext}", pd.DataFrame({"text": ["g", "h"], "label": [1, 2]}))
+    table = tables.read_table(train)
+    assert table.labels == ["0", "1", "2", "1", "2"]
+    names = tables.build_label_map(table)
+    assert names == ["0", "1", "2"]
+    np.testing.assert_array_equal(tables.encode_labels(tables.read_table(val), names), [1, 2])
+
+
+@pytest.mark.parametrize("ext", tables.SUPPORTED)
+def test_fractional_labels_stay_as_written(tmp_path, ext):
+    frame = pd.DataFrame({"text": list("abc"), "label": [0.5, 1.5, None]})
+    assert tables.read_table(write(tmp_path / f"d{ext}", frame)).labels == ["0.5", "1.5"]
 
 
 def test_numbers_as_text_and_integer_labels(tmp_path):
@@ -227,8 +260,8 @@ def test_label_map_sorted_and_round_trip(tmp_path):
     )
     names = tables.build_label_map(table)
     assert names == sorted(set(LABELS))
-    tables.save_labels(tmp_path / "labels.json", names)
-    assert tables.load_labels(tmp_path / "labels.json") == names
+    run_dir.save_labels(tmp_path / "labels.json", names)
+    assert run_dir.load_labels(tmp_path / "labels.json") == names
     assert json.loads((tmp_path / "labels.json").read_text()) == names
     expected = [names.index(x) for x in LABELS]
     np.testing.assert_array_equal(tables.encode_labels(table, names), expected)
@@ -237,4 +270,4 @@ def test_label_map_sorted_and_round_trip(tmp_path):
 def test_load_labels_rejects_other_json(tmp_path):
     (tmp_path / "labels.json").write_text('{"a": 1}')
     with pytest.raises(UserError, match="labels.json: expected a JSON list"):
-        tables.load_labels(tmp_path / "labels.json")
+        run_dir.load_labels(tmp_path / "labels.json")

@@ -47,17 +47,17 @@ def test_full_split_is_stratified_80_10_10():
 def test_ensure_demo_data_writes_once(tmp_path):
     root = tmp_path / "demo"
     paths = demo.ensure_demo_data(root, max_per_class=100)
-    tables = {split: tables.read_table(path) for split, path in paths.items()}
-    sizes = {split: Counter(t.labels) for split, t in tables.items()}
+    split_tables = {split: tables.read_table(path) for split, path in paths.items()}
+    sizes = {split: Counter(t.labels) for split, t in split_tables.items()}
     assert sizes == {
         "train": {"positive": 80, "negative": 80},
         "val": {"positive": 10, "negative": 10},
         "test": {"positive": 10, "negative": 10},
     }
-    texts = [set(t.texts) for t in tables.values()]
+    texts = [set(t.texts) for t in split_tables.values()]
     assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
     corpus = dict(zip(*demo.load_corpus(), strict=True))
-    for t in tables.values():
+    for t in split_tables.values():
         assert all(corpus[x] == y for x, y in zip(t.texts, t.labels, strict=True))
     meta = json.loads((root / "meta.json").read_text())
     assert meta["max_per_class"] == 100 and meta["sizes"] == {"train": 160, "val": 20, "test": 20}
@@ -73,7 +73,9 @@ def test_ensure_demo_data_writes_once(tmp_path):
     assert paths["train"].stat().st_mtime_ns == stamp  # reused, not rewritten
     (root / "meta.json").unlink()  # as after an interrupted first run
     demo.ensure_demo_data(root, max_per_class=100)
-    assert tables.read_table(paths["train"]).texts == tables["train"].texts  # same seeded split
+    assert (
+        tables.read_table(paths["train"]).texts == split_tables["train"].texts
+    )  # same seeded split
     demo.ensure_demo_data(root, max_per_class=50)
     assert len(tables.read_table(paths["train"]).texts) == 80
 

@@ -13,9 +13,9 @@ import pytest
 
 from jaxcls import UserError, export
 from jaxcls.config import load_config
-from jaxcls.evaluate_run import load_run
 from jaxcls.formats import peft_dir
-from jaxcls.train import run_model, steps
+from jaxcls.train import run_model, sharding, steps
+from jaxcls.train.restore import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["negative", "neutral", "positive"]  # as the tiny HF model's id2label (conftest)
@@ -33,7 +33,7 @@ def write_data(folder: Path) -> Path:
 
 def logits(run, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """A loaded run's own logits (factored LoRA, as evaluation computes them)."""
-    eval_step = jax.jit(steps.make_eval_step(run.model, run.cfg))
+    eval_step = jax.jit(steps.make_eval_step(run.model, run.lora, sharding.make_mesh("0")))
     batch = {"input_ids": ids, "attention_mask": mask, "labels": np.zeros(len(ids), np.int32)}
     return np.asarray(eval_step(run.trainable, run.frozen, batch)["logits"])
 
@@ -161,6 +161,54 @@ def test_export_refuses(trained, tmp_path):
         export.export(workdir, "best", "merged", tmp_path / "full")
     with pytest.raises(UserError, match="no such run directory"):
         export.main(["--workdir", str(tmp_path / "none"), "--format", "peft", "--out", "o"])
+
+
+def readme_peft_recipe() -> str:
+    """The README's Python block that loads a peft export (under "Load the peft export")."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    after = readme[readme.index("Load the peft export in PyTorch") :]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_peft_recipe_loads_three_classes_on_a_causal_lm_base(make_hf_model, tmp_path):
+    """The README's recipe, run as written, on a 3-class export of a run whose base is a causal
+    LM without pad_token_id (as Qwen3-1.7B): it classifies a padded batch as the run does."""
+    import shutil
+
+    from jaxcls.train.trainer import Trainer
+
+    base = tmp_path / "qwen3-causal"
+    shutil.copytree(make_hf_model(causal_lm=True), base)
+    hf = json.loads((base / "config.json").read_text())
+    hf.pop("pad_token_id", None)
+    (base / "config.json").write_text(json.dumps(hf))
+    cfg = load_config(
+        ROOT / "configs" / "tiny.py",
+        [f"model.path={base}", f"data.train={write_data(tmp_path)}", "train.max_steps=1"],
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    # Stands in for training: the LoRA factors and the score head move.
+    rng = np.random.default_rng(0)
+    moved = jax.tree_util.tree_map(
+        lambda x: x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype), trainer.state.trainable
+    )
+    trainer.ckpts.save(1, trainer.state.replace(trainable=moved), {"step": 1})
+    trainer.ckpts.close()
+    run, _ = load_run(tmp_path / "run", "latest")
+    export.write(run, "peft", tmp_path / "exported" / "peft")
+
+    code = readme_peft_recipe()
+    assert '"exported/peft", "models/Qwen3-1.7B"' in code
+    code = code.replace('"exported/peft"', repr(str(tmp_path / "exported" / "peft")))
+    code = code.replace('"models/Qwen3-1.7B"', repr(str(base)))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # the recipe as a user runs it
+    ids = scope["batch"]["input_ids"].numpy()
+    mask = scope["batch"]["attention_mask"].numpy()
+    assert len(ids) >= 2 and not mask.all()  # a padded batch of several texts
+    assert scope["model"].config.id2label == dict(enumerate(LABELS))
+    ours = jax.nn.softmax(logits(run, ids.astype(np.int32), mask.astype(np.int32)), axis=-1)
+    np.testing.assert_allclose(scope["probs"].numpy(), ours, atol=1e-5)
 
 
 def test_random_init_run_with_trained_base(tmp_path):

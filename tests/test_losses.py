@@ -240,13 +240,12 @@ def test_contrastive_loss_passes_each_loss_its_keywords(monkeypatch):
 
 
 # ---------------------------------------------------------------- classification
-def _focal(logits, labels, valid, params, balanced=False):
-    alpha = "balanced" if balanced else params.get("alpha")
+def _focal(logits, labels, valid, params):
     scalars = {k: v for k, v in params.items() if k != "alpha"}
-    return losses.focal_loss(logits, labels, alpha=alpha, valid=valid, **scalars)
+    return losses.focal_loss(logits, labels, alpha=params.get("alpha"), valid=valid, **scalars)
 
 
-focal_value_and_grad = jax.jit(jax.value_and_grad(_focal), static_argnames="balanced")
+focal_value_and_grad = jax.jit(jax.value_and_grad(_focal))
 
 
 def _logits_case(seed=0, pad=True, b=13, c=5):
@@ -275,12 +274,17 @@ def _focal_params(kwargs, dtype=jnp.float32):
     ],
 )
 def test_focal_loss_matches_loop_reference(kwargs):
-    """The reference visits valid rows only, so this also checks padding = dropping rows."""
+    """The reference visits valid rows only, so this also checks padding = dropping rows.
+
+    'balanced': the reference is scikit-learn's on the batch's valid labels; jaxcls gets
+    ``balanced_alpha`` of the same counts.
+    """
     logits, labels, valid = _logits_case()
-    balanced = kwargs.get("alpha") == "balanced"
-    value, grad = focal_value_and_grad(
-        logits, labels, valid, _focal_params(kwargs), balanced=balanced
-    )
+    params = _focal_params(kwargs)
+    if kwargs.get("alpha") == "balanced":
+        counts = np.bincount(labels[valid], minlength=logits.shape[1])
+        params["alpha"] = jnp.asarray(losses.balanced_alpha(counts))
+    value, grad = focal_value_and_grad(logits, labels, valid, params)
     np.testing.assert_allclose(value, ref_focal_loss(logits, labels, valid, **kwargs), **TOL)
     assert np.all(np.isfinite(grad))
 
@@ -321,7 +325,7 @@ def test_focal_loss_check_grads_and_degenerate_rows():
 
 def test_focal_alpha_errors_name_the_config_key():
     logits, labels, _ = _logits_case(3)
-    for alpha in ([1.0, 2.0], "inverse"):
+    for alpha in ([1.0, 2.0], "inverse", "balanced"):  # 'balanced' is balanced_alpha(counts)
         with pytest.raises(UserError, match="loss.focal_alpha"):
             jax.eval_shape(lambda lg, a=alpha: losses.focal_loss(lg, labels, alpha=a), logits)
 
@@ -336,14 +340,12 @@ def test_balanced_alpha_is_sklearn_and_gives_macro_average():
         weights[present], compute_class_weight("balanced", classes=present, y=labels), rtol=1e-6
     )
     assert weights[2] == 0 and weights[4] == 0
-    # Balanced CE is the mean over classes of each class's mean CE; 'balanced' = batch counts.
+    # Balanced CE is the mean over classes of each class's mean CE.
     per_row = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     macro = np.mean([per_row[labels == c].mean() for c in present])
-    for alpha in ("balanced", weights):
-        params = _focal_params({"gamma": 0.0, "label_smoothing": 0.0, "alpha": alpha})
-        balanced = isinstance(alpha, str)
-        got, _ = focal_value_and_grad(logits, labels, everything, params, balanced=balanced)
-        np.testing.assert_allclose(got, macro, rtol=1e-5)
+    params = _focal_params({"gamma": 0.0, "label_smoothing": 0.0, "alpha": weights})
+    got, _ = focal_value_and_grad(logits, labels, everything, params)
+    np.testing.assert_allclose(got, macro, rtol=1e-5)
 
 
 def test_classification_loss_dispatch(monkeypatch):

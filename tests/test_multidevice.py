@@ -29,7 +29,7 @@ def report() -> dict:
     }
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("_multidevice_worker.py"))],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout)
@@ -61,6 +61,14 @@ def test_listed_devices_are_exactly_the_ones_used(report):
     assert r["mesh"] == [0, 2]
     assert r["state"] == r["frozen"] == r["batch"] == [[0, 2]]
     assert r["loss_diff"] < TOL and r["trainable_diff"] < TOL
+
+
+def test_each_device_draws_its_own_dropout_masks(report):
+    r = report["dropout"]
+    # Four copies of one quarter: without dropout the same loss as one device on it; with
+    # dropout devices 1-3 draw other masks than device 0 (= the one-device masks).
+    assert r["copies_diff_without"] < TOL
+    assert r["copies_diff_with"] > 1e-3
 
 
 @pytest.mark.parametrize("name, parts", [("fsdp4", 4), ("fsdp2x2", 2)])

@@ -23,7 +23,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache as cc
 
 from jaxcls.config import load_config
-from jaxcls.data import splits
+from jaxcls.data import batches
 from jaxcls.errors import UserError
 from jaxcls.train import sharding
 from jaxcls.train.checkpoints import committed_steps
@@ -77,7 +77,7 @@ def poisoned(frozen):
 
 
 def batch(trainer: Trainer, step: int):
-    micro = splits.micro_batches(trainer.batches, step, 1, trainer.run.pad_id)
+    micro = batches.micro_batches(trainer.batches, step, 1, trainer.run.pad_id)
     return sharding.put_batch(micro, trainer.mesh, batch_axis=1)
 
 

@@ -17,7 +17,8 @@ import pytest
 from jaxcls import Classifier, UserError
 from jaxcls.config import load_config
 from jaxcls.formats import hf_keys, peft_dir
-from jaxcls.train import run_model, steps
+from jaxcls.model import lora
+from jaxcls.train import run_model, sharding, steps
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
@@ -142,7 +143,8 @@ def lora_cfg(hf_dir: Path, path: Path, *overrides: str):
 
 
 def session_logits(run, ids, mask) -> np.ndarray:
-    eval_step = jax.jit(steps.make_eval_step(run.model, run.cfg))
+    lora_config = lora.LoRAConfig.from_config(run.cfg.lora)
+    eval_step = jax.jit(steps.make_eval_step(run.model, lora_config, sharding.make_mesh("0")))
     batch = {"input_ids": ids, "attention_mask": mask, "labels": np.zeros(len(ids), np.int32)}
     return np.asarray(eval_step(run.trainable, run.frozen, batch)["logits"])
 

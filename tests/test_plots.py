@@ -11,6 +11,7 @@ from jaxcls.eval.metrics import classification_metrics, feature_metrics
 from jaxcls.eval.plots import (
     _read_series,
     _stratified_subsample,
+    curve_panels,
     plot_centroids,
     plot_confusion,
     plot_curves,
@@ -110,6 +111,36 @@ def test_curves_reader(tmp_path):
     assert series[("val", "accuracy")] == {20: 0.5}
     assert ("val", "silhouette") not in series and ("train", "flag") not in series
     assert not any(split == "other" for split, _ in series)
+
+
+def _panel_of(panels, line):
+    return next((title for title, _, lines in panels if line in lines), None)
+
+
+def test_curves_share_an_axis_only_within_one_quantity(tmp_path):
+    # The training "loss" is focal + weight x contrastive; the validation "loss" is the
+    # cross-entropy of the predictions: one axis for both made a 3x gap out of equal accuracy.
+    _write_metrics(tmp_path / "m.jsonl", _full_events())
+    series = _read_series(tmp_path / "m.jsonl")
+    panels = curve_panels(series)
+    drawn = [line for _, _, lines in panels for line in lines]
+    assert len(drawn) == len(set(drawn))  # each series drawn once
+    assert _panel_of(panels, ("train", "loss")) != _panel_of(panels, ("val", "loss"))
+    assert _panel_of(panels, ("train", "cls_loss")) != _panel_of(panels, ("val", "loss"))
+    assert _panel_of(panels, ("val", "loss")) == "Validation cross-entropy"
+    assert _panel_of(panels, ("train", "con_weight")) != _panel_of(panels, ("train", "temperature"))
+    assert _panel_of(panels, ("val", "silhouette")) is None  # only None values were logged
+    assert _panel_of(panels, ("val", "intra_sim")) == _panel_of(panels, ("val", "inter_sim"))
+    # With a plain cross-entropy loss the training cls_loss is the validation loss's quantity.
+    ce = curve_panels(series, train_ce=True)
+    both = _panel_of(ce, ("val", "loss"))
+    assert "Cross-entropy" in both
+    assert {line for title, _, lines in ce if title == both for line in lines} == {
+        ("train", "cls_loss"),
+        ("val", "loss"),
+    }
+    plot_curves(tmp_path / "m.jsonl", tmp_path / "ce.png", train_ce=True)
+    _assert_png(tmp_path / "ce.png")
 
 
 def test_curves_errors_name_the_file_and_line(tmp_path):

@@ -8,6 +8,7 @@ and a NumPy MLP; best-metric tracking with undefined (None) values through the t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import types
@@ -18,12 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcls.config import load_config
+from jaxcls.config import VALIDATION_METRICS, load_config, validate_config
 from jaxcls.errors import UserError
 from jaxcls.model import lora
-from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.model.classifier import HEADS, HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
-from jaxcls.train import losses, run_model, schedules, steps, trainer
+from jaxcls.train import losses, schedules, sharding, steps, trainer
+from jaxcls.train.settings import ContrastiveSettings, OptimSettings, StepSettings
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
 TOTAL = 40  # total_steps of the schedules (lr, temperature) in these tests
@@ -69,14 +71,14 @@ def tiny():
     params = jax.jit(model.init)(
         jax.random.PRNGKey(0), batch["input_ids"][0], batch["attention_mask"][0]
     )
-    heads, frozen = lora.partition(params["params"], run_model.HEADS)
+    heads, frozen = lora.partition(params["params"], HEADS)
     return types.SimpleNamespace(model=model, heads=heads, frozen=frozen, batch=batch)
 
 
 def init_state(tiny, cfg, step: int = 0) -> steps.TrainState:
-    opt = steps.make_optimizer(cfg.optim, TOTAL)
+    opt = steps.make_optimizer(OptimSettings.from_config(cfg.optim), TOTAL)
     adapters = lora.init(tiny.frozen, lora.LoRAConfig.from_config(cfg.lora), jax.random.PRNGKey(1))
-    extra = steps.init_extra(cfg.contrastive)
+    extra = steps.init_extra(ContrastiveSettings.from_config(cfg.contrastive))
     trainable = {"adapters": adapters, "params": tiny.heads, "extra": extra}
     return steps.TrainState(
         step=jnp.int32(step),
@@ -94,8 +96,10 @@ def train(tiny, cfg, n: int, step: int = 0) -> tuple[list[steps.TrainState], lis
     """States before each of ``n`` steps (and after the last), and each step's metrics."""
     key = cfg.to_json()
     if key not in _STEPS:
-        opt = steps.make_optimizer(cfg.optim, TOTAL)
-        _STEPS[key] = jax.jit(steps.make_train_step(tiny.model, cfg, opt, TOTAL))
+        opt = steps.make_optimizer(OptimSettings.from_config(cfg.optim), TOTAL)
+        settings = StepSettings.from_config(cfg, TOTAL)
+        one_device = sharding.make_mesh("0")
+        _STEPS[key] = jax.jit(steps.make_train_step(tiny.model, settings, opt, one_device))
     fn = _STEPS[key]
     states, metrics = [init_state(tiny, cfg, step)], []
     for _ in range(n):
@@ -131,24 +135,28 @@ def cosine_temperature(step: int, t0: float, t1: float, total: int) -> float:
 
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine", "uncertainty"])
 def test_weight_schedule_matches_the_closed_form(schedule):
-    con = make_cfg(schedule=schedule, weight=0.7, warmup_steps=5, ramp_steps=8).contrastive
+    cfg = make_cfg(schedule=schedule, weight=0.7, warmup_steps=5, ramp_steps=8)
+    con = ContrastiveSettings.from_config(cfg.contrastive)
     got = [float(schedules.contrastive_weight(con, s)) for s in range(20)]
     want = [weight_closed_form(schedule, s, 0.7, 5, 8) for s in range(20)]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     assert got[:5] == [0.0] * 5 and got[-1] > 0  # warmup is exactly zero, then it is on
-    con.loss = "none"
+    con = dataclasses.replace(con, loss="none")
     assert float(schedules.contrastive_weight(con, 15)) == 0.0
 
 
 def test_temperature_schedules():
-    con = make_cfg(temperature=0.2, temperature_end=0.05, temperature_schedule="cosine").contrastive
+    cfg = make_cfg(temperature=0.2, temperature_end=0.05, temperature_schedule="cosine")
+    con = ContrastiveSettings.from_config(cfg.contrastive)
     got = [float(schedules.temperature(con, s, 30, None)) for s in (0, 10, 15, 30, 45)]
     want = [cosine_temperature(s, 0.2, 0.05, 30) for s in (0, 10, 15, 30, 45)]
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert got[0] == pytest.approx(0.2) and got[3] == pytest.approx(0.05)
-    con.temperature_schedule = "constant"
+    con = dataclasses.replace(con, temperature_schedule="constant")
     assert float(schedules.temperature(con, 17, 30, None)) == pytest.approx(0.2)
-    con.update(temperature_schedule="learnable", temperature_min=0.05, temperature_max=0.5)
+    con = dataclasses.replace(
+        con, temperature_schedule="learnable", temperature_min=0.05, temperature_max=0.5
+    )
     for log_t, want_t in ((math.log(0.3), 0.3), (math.log(0.01), 0.05), (math.log(2.0), 0.5)):
         learned = jnp.float32(log_t)
         assert float(schedules.temperature(con, 0, 30, learned)) == pytest.approx(want_t)
@@ -219,7 +227,7 @@ def test_uncertainty_weighting_and_learnable_temperature(tiny):
 
 
 def test_feature_layer_is_the_pooled_hf_hidden_state(make_hf_model, padded_batch, torch_forward):
-    from jaxcls.convert import load_hf
+    from jaxcls.formats.hf_dir import load_hf
 
     hf_dir = make_hf_model()
     ids, mask = padded_batch
@@ -276,7 +284,7 @@ def tracker(best_metric: str, best_mode: str, patience: int):
     ],
 )
 def test_best_metric_with_undefined_values(metric, mode, values, best_step, bad):
-    trainer.check_best_metric(metric)  # a logged validation scalar
+    assert metric.removeprefix("val/") in VALIDATION_METRICS  # a logged validation scalar
     track, meta = tracker(metric, mode, patience=2)
     flags = []
     for step, value in enumerate(values, start=1):
@@ -296,8 +304,9 @@ def is_new_best(values, mode, step) -> bool:
 
 
 def test_unknown_best_metric_is_a_user_error():
+    cfg = load_config("configs/tiny.py", ["train.best_metric=val/silhoutte"])
     with pytest.raises(UserError, match="train.best_metric.*val/silhouette"):
-        trainer.check_best_metric("val/silhoutte")
+        validate_config(cfg)
 
 
 def test_train_record_logs_the_last_scheduled_values_and_window_means():

@@ -83,15 +83,23 @@ def test_train_eval_predict_through_entry_points(tmp_path):
 
     out = tmp_path / "pred.csv"
     predicted = run(
-        "predict.py", "--text", "很好满意", "--input", str(paths["test"]), "--output", str(out),
+        "predict.py", "--input", str(paths["test"]), "--output", str(out), "--top_k", "2",
         "--json", cwd=tmp_path,
     )  # fmt: skip
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     lines = [json.loads(x) for x in predicted.stdout.splitlines()]
-    assert len(lines) == 1 + test_rows
-    assert lines[0]["text"] == "很好满意" and lines[0]["label"] in WORDS
+    assert len(lines) == test_rows
+    assert lines[0]["label"] in WORDS
     assert abs(sum(lines[0]["probabilities"].values()) - 1.0) < 1e-4
-    assert len(pd.read_csv(out)) == 1 + test_rows
+    written = pd.read_csv(out)
+    assert list(written.columns) == [
+        *pd.read_excel(paths["test"]).columns,
+        "pred_label",
+        "pred_prob",
+        "top2_label",
+        "top2_prob",
+    ]  # every input column, in order, then the predictions
+    assert written["pred_label"].tolist() == [x["label"] for x in lines]
 
 
 @pytest.fixture(scope="module")

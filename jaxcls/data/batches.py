@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jaxcls.data.tables import Table, encode_labels
+from jaxcls.data.tokenizer import tokenize
 from jaxcls.errors import UserError
 
 log = logging.getLogger("jaxcls")
@@ -47,36 +48,6 @@ class Dataset:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
 
 
-def check_template(template: str) -> None:
-    if template and "{text}" not in template:
-        raise UserError(f"data.template {template!r} has no {{text}} placeholder; add one")
-
-
-def tokenize(
-    texts: Sequence[str], tokenizer, max_length: int, template: str = "", source: str = "texts"
-) -> list[np.ndarray]:
-    """Token ids (int32) per text, the tokenizer's default special tokens, cut at max_length."""
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-        raise UserError(f"data.max_length must be a positive integer, got {max_length!r}")
-    check_template(template)
-    if not texts:
-        return []
-    if template:  # str.replace, not format: other braces in a template are literal text
-        texts = [template.replace("{text}", t) for t in texts]
-    ids = tokenizer(list(texts), truncation=False)["input_ids"]
-    long = [i for i, x in enumerate(ids) if len(x) > max_length]
-    if long:
-        # Re-encode only the long ones, so the tokenizer places its special tokens itself.
-        cut = tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)
-        for i, x in zip(long, cut["input_ids"], strict=True):
-            ids[i] = x
-        log.warning(
-            "%s: %d of %d texts longer than max_length=%d tokens were truncated",
-            source, len(long), len(ids), max_length,
-        )  # fmt: skip
-    return [np.asarray(x, dtype=np.int32) for x in ids]
-
-
 def make_dataset(
     table: Table, tokenizer, label_names: Sequence[str] | None, max_length: int, template: str = ""
 ) -> Dataset:
@@ -84,14 +55,6 @@ def make_dataset(
     ids = tokenize(table.texts, tokenizer, max_length, template, source=str(table.path))
     labels = None if label_names is None else encode_labels(table, label_names)
     return Dataset(ids=ids, labels=labels)
-
-
-def pad_id(tokenizer) -> int:
-    """The tokenizer's pad id, else its eos id (Qwen pads with <|endoftext|>)."""
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return int(token_id)
-    raise UserError("the tokenizer has neither a pad nor an eos token; set pad_token in its config")
 
 
 def buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:
@@ -243,10 +206,6 @@ class TrainBatches:
                     "replacement", small.tolist(), k,
                 )  # fmt: skip
 
-    def indices(self, step: int) -> np.ndarray:
-        """Sample indices of batch ``step`` (-1 = padding row)."""
-        return self._plan_of(step)[0]
-
     def width(self, step: int) -> int:
         """The length bucket batch ``step`` is padded to."""
         return self._plan_of(step)[1]
@@ -274,3 +233,15 @@ def eval_batches(dataset: Dataset, batch_size: int, pad: int, max_length: int) -
     plan[: len(dataset)] = np.arange(len(dataset))
     for indices in plan.reshape(-1, batch_size):
         yield collate(dataset, indices, pad, max_length)
+
+
+def micro_batches(batches: TrainBatches, step: int, n: int, pad: int) -> dict:
+    """Batch ``step`` as ``n`` micro-batches [n, B, ...] padded to one length bucket."""
+    parts = [batches(step * n + i) for i in range(n)]
+    width = max(p["input_ids"].shape[1] for p in parts)
+    for p in parts:
+        extra = width - p["input_ids"].shape[1]
+        if extra:
+            p["input_ids"] = np.pad(p["input_ids"], ((0, 0), (0, extra)), constant_values=pad)
+            p["attention_mask"] = np.pad(p["attention_mask"], ((0, 0), (0, extra)))
+    return {k: np.stack([p[k] for p in parts]) for k in parts[0]}

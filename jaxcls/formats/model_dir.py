@@ -8,21 +8,22 @@ converts it in memory, so ``model.path`` may point at either.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import flax
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from jaxcls.errors import UserError
+from jaxcls.files import atomic_dir
 from jaxcls.formats import hf_keys
+from jaxcls.formats.hf_dir import labels_in_order, load_hf
 from jaxcls.model.qwen3 import Qwen3Config
 
 FORMAT = "jaxcls-model"
@@ -50,6 +51,11 @@ class LoadedModel:
     id2label: dict[int, str] | None
     tokenizer_dir: Path | None
 
+    @property
+    def labels(self) -> list[str] | None:
+        """Label names in class-index order; None for a base model without a score head."""
+        return None if self.id2label is None else labels_in_order(self.id2label, "id2label")
+
 
 def tokenizer_files(src: Path) -> list[Path]:
     """The tokenizer files in a model dir, sorted."""
@@ -68,22 +74,6 @@ def check_out_dir(out: Path) -> None:
     """Refuse to overwrite a non-empty output dir (checked before any slow work)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists and is not empty; remove it or pick another --out")
-
-
-@contextlib.contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
-    """A fresh ``OUT.tmp-<pid>`` to build in: renamed to ``out`` (absent or empty) when the
-    block completes, removed when it fails, so ``out`` is never left half-written."""
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        yield tmp
-        if out.exists():
-            out.rmdir()  # empty: check_out_dir
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_model(
@@ -123,8 +113,6 @@ def _checkpointer():
     tree for OCDBT: converting Qwen3-1.7B peaked at 2.8x the model. Without the copy, with
     one file per array (no OCDBT) and 1 GB in flight, it peaks at about 1.2x.
     """
-    import orbax.checkpoint as ocp
-
     handlers = ocp.type_handlers
     registry = handlers.create_type_handler_registry(
         (np.ndarray, handlers.NumpyHandler(deepcopy_host_arrays=False)),
@@ -140,8 +128,6 @@ def _checkpointer():
 
 
 def _save_params(path: Path, params: dict[str, Any]) -> None:
-    import orbax.checkpoint as ocp
-
     # Chunks of at most 64 MiB keep the encoder's buffers small (and suit sharded reads).
     save_args = jax.tree_util.tree_map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES), params)
     with _checkpointer() as ckpt:
@@ -154,8 +140,6 @@ def read_model(path: str | os.PathLike, dtype: str | None = None) -> LoadedModel
     if (path / META_FILE).is_file():
         return _read_ours(path, dtype)
     if (path / "config.json").is_file():
-        from jaxcls.convert import load_hf
-
         config, params, id2label = load_hf(path, dtype)
         return LoadedModel(config, params, id2label, path if tokenizer_files(path) else None)
     if not path.exists():
@@ -181,8 +165,6 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def _read_ours(path: Path, dtype: str | None) -> LoadedModel:
-    import orbax.checkpoint as ocp
-
     meta = _read_meta(path)
     config = Qwen3Config.from_dict(meta["qwen3"])
     id2label = meta["id2label"]

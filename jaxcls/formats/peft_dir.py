@@ -1,5 +1,5 @@
-"""peft LoRA adapter dirs in: read one into our layout and merge it for inference. Starting
-training from one is ``warmstart``; writing one is ``export``.
+"""peft LoRA adapter dirs: read one into our layout and merge it for inference, or write one.
+Starting training from one is ``jaxcls.train.warmstart``.
 
 A peft adapter may give each module its own rank (``rank_pattern``) and alpha
 (``alpha_pattern``) and adapt only some modules. ``read`` keeps that: each module carries its
@@ -20,9 +20,12 @@ from typing import Any
 import flax
 import numpy as np
 
-from jaxcls.convert import _read_safetensors, _read_torch
 from jaxcls.errors import UserError
-from jaxcls.formats import hf_keys
+from jaxcls.formats import hf_keys, model_dir
+from jaxcls.formats.hf_dir import labels_in_order
+from jaxcls.formats.run_dir import load_labels
+from jaxcls.formats.weight_files import read_weights, write_safetensors
+from jaxcls.model import lora
 
 log = logging.getLogger("jaxcls")
 
@@ -81,13 +84,11 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
 def _read_labels(path: Path) -> list[str] | None:
     """Label names saved with the adapter: our labels.json, or a config.json's id2label."""
     if (path / LABELS_FILE).is_file():
-        from jaxcls.data.tables import load_labels
-
         return load_labels(path / LABELS_FILE)
     if (path / "config.json").is_file():
         id2label = json.loads((path / "config.json").read_text()).get("id2label")
         if id2label:
-            return [str(id2label[str(i)]) for i in range(len(id2label))]
+            return labels_in_order(id2label, str(path / "config.json"))
     return None
 
 
@@ -98,9 +99,8 @@ def read(path: str | Path) -> Adapter:
     files = [path / f for f in WEIGHT_FILES if (path / f).is_file()]
     if not files:
         raise UserError(f"{path}: no {' or '.join(WEIGHT_FILES)}; the adapter is incomplete")
-    reader = _read_torch if files[0].suffix == ".bin" else _read_safetensors
     flat, unknown = {}, []
-    for name, array in reader(files[0], lambda name, shape: True):
+    for name, array in read_weights(files[0]):
         found = hf_keys.peft_to_ours(name)
         if found is None:
             unknown.append(name)
@@ -170,9 +170,9 @@ def merge(params: Any, adapter: Adapter) -> Any:
     return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
-def label_names(adapter: Adapter, num_labels: int, base: dict[int, str] | None) -> list[str]:
+def label_names(adapter: Adapter, num_labels: int, base: list[str] | None) -> list[str]:
     """The adapter's labels, else the base's when their number fits, else LABEL_i."""
-    for names in (adapter.labels, base and [base[i] for i in sorted(base)]):
+    for names in (adapter.labels, base):
         if names and len(names) == num_labels:
             return list(names)
     log.warning(
@@ -196,11 +196,73 @@ def base_dir(adapter: Adapter, base: str | Path | None) -> Path:
 
 def load_merged(path: str | Path, base: str | Path | None = None, dtype: str | None = None):
     """A ``model_dir.LoadedModel`` of the base with the adapter merged, with labels."""
-    from jaxcls.formats import model_dir
 
     adapter = read(path)
     loaded = model_dir.read_model(base_dir(adapter, base), dtype)
     params = merge(loaded.params, adapter)
-    labels = label_names(adapter, params["score"]["kernel"].shape[1], loaded.id2label)
+    labels = label_names(adapter, params["score"]["kernel"].shape[1], loaded.labels)
     tokenizer_dir = Path(path) if model_dir.tokenizer_files(Path(path)) else loaded.tokenizer_dir
     return model_dir.LoadedModel(loaded.config, params, dict(enumerate(labels)), tokenizer_dir)
+
+
+def _target_modules(adapted: list[str], params: Any) -> list[str]:
+    """peft ``target_modules``: a module kind (``q_proj``) when every layer's is adapted, else
+    the full names of the adapted ones, so that peft adapts exactly these modules."""
+    names = [hf_keys.hf_module(m) for m in adapted]
+    every = [hf_keys.hf_module(m) for m in lora.target_paths(params, ".")]
+    kinds = sorted({n.rpartition(".")[2] for n in names})
+    out = []
+    for kind in kinds:
+        mine = [n for n in names if n.endswith("." + kind)]
+        if len(mine) == sum(n.endswith("." + kind) for n in every):
+            out.append(kind)
+        else:
+            out.extend(mine)
+    return out
+
+
+def write(
+    out: Path,
+    adapters: Any,
+    score: np.ndarray,
+    lora_cfg: lora.LoRAConfig,
+    base_params: Any,
+    labels: list[str],
+    tokenizer: Any,
+    base_name: str | None,
+) -> None:
+    """adapter_config.json, adapter_model.safetensors (LoRA factors, score), labels, tokenizer.
+
+    ``base_params`` is any tree with the base's kernels (for ``target_modules``).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    flat_adapters = flax.traverse_util.flatten_dict(adapters, sep="/")
+    entries = []
+    for path, value in {**flat_adapters, SCORE: score}.items():
+        name, transform = hf_keys.ours_to_peft(path)
+        array = np.asarray(value)
+        entries.append(
+            (name, array.shape[::-1], array.dtype, lambda a=array, t=transform: t.to_hf(a))
+        )
+    write_safetensors(out / WEIGHT_FILES[0], sorted(entries, key=lambda e: e[0]))
+    modules = sorted({k.rpartition("/")[0] for k in flat_adapters})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": base_name,
+        "r": lora_cfg.rank,
+        "lora_alpha": lora_cfg.alpha,
+        "lora_dropout": lora_cfg.dropout,
+        "use_rslora": lora_cfg.rslora,
+        "target_modules": _target_modules(modules, base_params),
+        "modules_to_save": ["score"],
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    (out / LABELS_FILE).write_text(json.dumps(labels, ensure_ascii=False) + "\n")
+    tokenizer.save_pretrained(out)

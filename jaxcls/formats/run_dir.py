@@ -1,14 +1,19 @@
-"""The run directory: config.json, labels.json, metrics.jsonl, and runs/LATEST."""
+"""The run directory: config.json, labels.json, metrics.jsonl, checkpoints/, and runs/LATEST."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import ml_collections
+
+from jaxcls.config import config_from_json
 from jaxcls.errors import UserError
+from jaxcls.files import write_text_atomic
 
 CONFIG = "config.json"
 LABELS = "labels.json"
@@ -16,15 +21,9 @@ METRICS = "metrics.jsonl"
 LATEST = "LATEST"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def mark_latest(workdir: Path) -> None:
     """Record ``workdir`` in ``<parent>/LATEST`` so eval.py and predict.py find it."""
-    write_atomic(workdir.parent / LATEST, str(workdir.absolute()) + "\n")
+    write_text_atomic(workdir.parent / LATEST, str(workdir.absolute()) + "\n")
 
 
 def find_run(workdir: str | None, runs_root: str = "runs") -> Path:
@@ -41,6 +40,52 @@ def find_run(workdir: str | None, runs_root: str = "runs") -> Path:
     if not path.is_dir():
         raise UserError(f"{latest} names {path}, which does not exist; pass --workdir RUN_DIR")
     return path
+
+
+def read_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The resolved config a run was trained with (its ``config.json``), locked."""
+    path = workdir / CONFIG
+    if not path.is_file():
+        raise UserError(f"{workdir}: no {CONFIG}; is this a jaxcls run directory?")
+    return config_from_json(path.read_text(encoding="utf-8"))
+
+
+def split_ckpt(workdir: str | None, ckpt: str) -> tuple[Path, str]:
+    """(run dir, checkpoint name) from ``--workdir``/``runs/LATEST`` and ``--ckpt``.
+
+    ``--ckpt`` may also be a path to a checkpoint step dir (``runs/x/checkpoints/120``).
+    """
+    path = Path(ckpt)
+    if path.name.isdigit() and path.parent.name == "checkpoints" and path.is_dir():
+        return path.parent.parent, path.name
+    return find_run(workdir), ckpt
+
+
+def save_labels(path: str | os.PathLike, names: Sequence[str]) -> None:
+    """Write ``labels.json``: a JSON list of the label strings, index = class id (atomic)."""
+    write_text_atomic(path, json.dumps(list(names), ensure_ascii=False, indent=1) + "\n")
+
+
+def load_labels(path: str | os.PathLike) -> list[str]:
+    """Read a ``labels.json`` written by :func:`save_labels`."""
+    path = Path(path)
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read the label list ({type(e).__name__}: {e})") from e
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{path}: expected a JSON list of label strings")
+    return names
+
+
+def check_labels(workdir: Path, label_names: list[str]) -> None:
+    """A run dir keeps its label map: resuming with other labels is an error."""
+    path = workdir / LABELS
+    if path.is_file() and load_labels(path) != label_names:
+        raise UserError(
+            f"{path} has labels {load_labels(path)} but the training file gives "
+            f"{label_names}; train into a new workdir (--config.workdir=...)"
+        )
 
 
 def _clean(value: Any) -> Any:
@@ -77,4 +122,4 @@ class MetricsLog:
             if record.get("step", 0) > step:
                 break
             kept.append(line)
-        write_atomic(self.path, "".join(x + "\n" for x in kept))
+        write_text_atomic(self.path, "".join(x + "\n" for x in kept))

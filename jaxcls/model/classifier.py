@@ -9,11 +9,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcls.model.dtypes import DTYPES
 from jaxcls.model.qwen3 import Linear, Qwen3Config, Qwen3Model
 
 Array = jax.Array
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# The classifier's heads: trained whole (peft's modules_to_save), never LoRA-adapted.
+HEADS = r"^(score|projection)(/|$)"
 
 
 def last_token(attention_mask: Array) -> Array:

@@ -28,8 +28,9 @@ Array = jax.Array
 PyTree = Any
 
 DEFAULT_TARGETS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
-# Classifier heads are trained whole, never adapted, whatever ``lora.targets`` says.
-HEADS = re.compile(r"^(score|projection)(/|$)")
+# LoRA adapts the backbone's kernels only (under ``model/``); the classifier's heads are
+# trained whole, whatever ``lora.targets`` says.
+BACKBONE = "model/"
 
 
 def _compile(regex: str, key: str) -> re.Pattern:
@@ -207,12 +208,12 @@ def _path_str(path: tuple) -> str:
 
 
 def _kernel_modules(params: PyTree) -> list[str]:
-    """Paths of the modules that own a 2-D ``kernel`` outside the heads, sorted."""
+    """Paths of the backbone's modules that own a 2-D ``kernel``, sorted."""
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
     found = []
     for key, leaf in flat.items():
         module, _, name = key.rpartition("/")
-        if name == "kernel" and np.ndim(leaf) == 2 and not HEADS.match(module):
+        if name == "kernel" and np.ndim(leaf) == 2 and module.startswith(BACKBONE):
             found.append(module)
     return sorted(found)
 
@@ -220,7 +221,7 @@ def _kernel_modules(params: PyTree) -> list[str]:
 def target_paths(params: PyTree, targets: str) -> list[str]:
     """Module paths (e.g. ``model/layers_0/self_attn/q_proj``) whose kernel LoRA adapts.
 
-    ``targets`` is ``re.search``-ed against each module path; heads never match.
+    ``targets`` is ``re.search``-ed against each backbone module path.
     """
     pattern = _compile(targets, "lora.targets")
     return [m for m in _kernel_modules(params) if pattern.search(m)]
@@ -302,16 +303,6 @@ def partition(params: PyTree, trainable: str) -> tuple[PyTree, PyTree]:
     frozen = {k: v for k, v in flat.items() if k not in train}
     unflatten = flax.traverse_util.unflatten_dict
     return unflatten(train, sep="/"), unflatten(frozen, sep="/")
-
-
-def trainable_mask(tree: PyTree, trainable: str) -> PyTree:
-    """A bool pytree like ``tree``, True where ``partition`` trains (labels for optax)."""
-    pattern = re.compile(trainable) if trainable else None
-
-    def leaf(path: tuple, _: Any) -> bool:
-        return pattern is not None and pattern.search(_path_str(path)) is not None
-
-    return jax.tree_util.tree_map_with_path(leaf, tree)
 
 
 def combine(*trees: PyTree) -> PyTree:

@@ -9,11 +9,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from transformers import AutoTokenizer
 
-from jaxcls.errors import UserError
+from jaxcls.data import tokenizer
+from jaxcls.data.demo import qwen_tokenizer_dir
 from jaxcls.formats import model_dir
-from jaxcls.model.classifier import DTYPES
+from jaxcls.model.dtypes import DTYPES
 from jaxcls.model.qwen3 import Qwen3Config, Qwen3Model
 
 log = logging.getLogger("jaxcls")
@@ -21,23 +21,8 @@ log = logging.getLogger("jaxcls")
 BASE_DIR = "base"
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    """A Hugging Face tokenizer from a dir, padding on the right."""
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
-    tok.padding_side = "right"
-    return tok
-
-
 def random_config(model_cfg: Any, vocab_size: int) -> Qwen3Config:
     """The random-init preset's architecture (vocab rounded up to a multiple of 128)."""
-    if model_cfg.num_heads % model_cfg.num_kv_heads:
-        raise UserError(
-            f"model.num_heads={model_cfg.num_heads} must be a multiple of "
-            f"model.num_kv_heads={model_cfg.num_kv_heads}"
-        )
     return Qwen3Config(
         vocab_size=-(-vocab_size // 128) * 128,
         hidden_size=model_cfg.hidden_size,
@@ -68,10 +53,8 @@ def load_backbone(cfg: Any, workdir: Path, write: bool = True) -> model_dir.Load
     base = workdir / BASE_DIR
     if (base / model_dir.META_FILE).is_file():
         return model_dir.read_model(base, dtype=cfg.model.param_dtype)
-    from jaxcls.data.demo import qwen_tokenizer_dir
-
     tok_dir = qwen_tokenizer_dir()
-    config = random_config(cfg.model, len(load_tokenizer(tok_dir)))
+    config = random_config(cfg.model, len(tokenizer.load_tokenizer(tok_dir)))
     params = init_random(config, cfg.seed, cfg.model.param_dtype)
     log.info(
         "model.path is empty: random-init Qwen3 preset %r (hidden %d, %d layers)",

@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 from jaxcls.errors import UserError
 
 PyTree = Any
+CHECKPOINTS = "checkpoints"
 TRASH = "trash"
 # Config keys that fix the trainable state's structure or the function it parametrises: a run
 # resumes only with the values it was started with.
@@ -174,6 +175,12 @@ class Checkpoints:
             ) from e
         return out["state"], dict(out["meta"])
 
+    def restore_as_saved(self, step: int) -> PyTree:
+        """The state saved at ``step`` as nested dicts of host arrays (no template needed)."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore())
+        with _errors_told_once():
+            return self.manager.restore(step, args=args)["state"]
+
     def resolve(self, ckpt: str) -> int:
         """A step from ``best``, ``latest`` or a step number (UserError when absent)."""
         steps = self.steps()
@@ -193,6 +200,14 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def open_checkpoints(workdir: Path, cfg: Any, *, writer: bool = False) -> Checkpoints:
+    """The checkpoints of run ``workdir`` as its config ranks them (best metric and mode)."""
+    train = cfg.train
+    return Checkpoints(
+        workdir / CHECKPOINTS, train.best_metric, train.best_mode, train.keep_best, writer=writer
+    )
 
 
 @contextlib.contextmanager

@@ -24,28 +24,28 @@ Array = jax.Array
 # Squared-norm floor: a zero feature vector normalises to zero instead of NaN, with finite grads.
 _NORM_EPS = 1e-12
 # Floor for (1 - p) before raising it to gamma, so gamma < 1 keeps a finite gradient at p = 1.
-_FOCAL_EPS = 1e-12
+FOCAL_EPS = 1e-12
 
 
-def _upcast(x: Array) -> Array:
+def upcast(x: Array) -> Array:
     """``x`` as float32, or wider when it already is (float64 for gradient checks)."""
     x = jnp.asarray(x)
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def _valid_mask(valid: Array | None, batch: int) -> Array:
+def valid_mask(valid: Array | None, batch: int) -> Array:
     if valid is None:
         return jnp.ones((batch,), bool)
     return jnp.asarray(valid).astype(bool)
 
 
-def _masked_mean(values: Array, mask: Array) -> Array:
+def masked_mean(values: Array, mask: Array) -> Array:
     """Mean of ``values`` where ``mask``; 0.0 when the mask is empty."""
     total = jnp.sum(jnp.where(mask, values, 0.0))
     return total / jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32)
 
 
-def _masked_logsumexp(x: Array, mask: Array) -> Array:
+def masked_logsumexp(x: Array, mask: Array) -> Array:
     """logsumexp over the last axis restricted to ``mask``; 0.0 for an empty row."""
     shift = jnp.max(jnp.where(mask, x, -jnp.inf), axis=-1, keepdims=True)
     shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0.0))
@@ -57,15 +57,15 @@ def _masked_logsumexp(x: Array, mask: Array) -> Array:
 def _pair_masks(labels: Array, valid: Array | None) -> tuple[Array, Array, Array]:
     """Boolean [B, B] masks of A(i), P(i) and N(i) for every anchor row i."""
     batch = labels.shape[0]
-    v = _valid_mask(valid, batch)
+    v = valid_mask(valid, batch)
     others = v[:, None] & v[None, :] & ~jnp.eye(batch, dtype=bool)
     same = labels[:, None] == labels[None, :]
     return others, others & same, others & ~same
 
 
-def _cosine_similarity(features: Array) -> Array:
+def cosine_similarity(features: Array) -> Array:
     """[B, B] cosine similarities (float32 or wider), with a safe norm for zero vectors."""
-    x = _upcast(features)
+    x = upcast(features)
     x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _NORM_EPS))
     # HIGHEST: accelerators would otherwise use TF32/bf16 passes, and errors grow by 1/temperature.
     return jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
@@ -80,13 +80,13 @@ def simple_contrastive(
     valid: Array | None = None,
 ) -> Array:
     """SupCon: l_i = -(t/t_base) * mean_{p in P(i)} [s_ip/t - logsumexp_{a in A(i)} s_ia/t]."""
-    t = _upcast(temperature)
-    logits = _cosine_similarity(features) / t
+    t = upcast(temperature)
+    logits = cosine_similarity(features) / t
     others, pos, _ = _pair_masks(labels, valid)
     n_pos = jnp.sum(pos, axis=-1)
     mean_pos = jnp.sum(jnp.where(pos, logits, 0.0), axis=-1) / jnp.maximum(n_pos, 1)
-    per_anchor = -(t / _upcast(base_temperature)) * (mean_pos - _masked_logsumexp(logits, others))
-    return _masked_mean(per_anchor, n_pos > 0)
+    per_anchor = -(t / upcast(base_temperature)) * (mean_pos - masked_logsumexp(logits, others))
+    return masked_mean(per_anchor, n_pos > 0)
 
 
 def focal_contrastive(
@@ -98,12 +98,12 @@ def focal_contrastive(
     valid: Array | None = None,
 ) -> Array:
     """l_i = -(1 - pt_i)^gamma log pt_i, pt_i = sum_P exp(s_ip/t) / sum_A exp(s_ia/t), in logs."""
-    logits = _cosine_similarity(features) / _upcast(temperature)
+    logits = cosine_similarity(features) / upcast(temperature)
     others, pos, _ = _pair_masks(labels, valid)
     # P(i) is a subset of A(i), so log pt <= 0; the clip only removes rounding above zero.
-    log_pt = jnp.minimum(_masked_logsumexp(logits, pos) - _masked_logsumexp(logits, others), 0.0)
-    weight = jnp.power(jnp.maximum(-jnp.expm1(log_pt), _FOCAL_EPS), gamma)
-    return _masked_mean(-weight * log_pt, jnp.any(pos, axis=-1))
+    log_pt = jnp.minimum(masked_logsumexp(logits, pos) - masked_logsumexp(logits, others), 0.0)
+    weight = jnp.power(jnp.maximum(-jnp.expm1(log_pt), FOCAL_EPS), gamma)
+    return masked_mean(-weight * log_pt, jnp.any(pos, axis=-1))
 
 
 def margin_contrastive(
@@ -119,19 +119,38 @@ def margin_contrastive(
     relu(m + s_in - s_ip) is k * (m + s_in) - (sum of the k smallest s_ip), where k counts the
     positives below m + s_in (a binary search). Memory is O(B^2), time O(B^2 log B).
     """
-    m = _upcast(margin)
-    sim = _cosine_similarity(features)
+    m = upcast(margin)
+    sim = cosine_similarity(features)
     _, pos, neg = _pair_masks(labels, valid)
     # Non-positives sort last as +inf and never fall below the finite threshold m + s_in.
     sorted_pos = jnp.sort(jnp.where(pos, sim, jnp.inf), axis=-1)
     finite = jnp.where(jnp.isfinite(sorted_pos), sorted_pos, 0.0)
     prefix = jnp.concatenate([jnp.zeros_like(finite[:, :1]), jnp.cumsum(finite, axis=-1)], -1)
     threshold = m + sim
-    k = jax.vmap(lambda row, q: jnp.searchsorted(row, q, side="left"))(sorted_pos, threshold)
+    k = _count_below(sorted_pos, threshold)
     pair_sums = k * threshold - jnp.take_along_axis(prefix, k, axis=-1)
     n_pairs = jnp.sum(pos, axis=-1) * jnp.sum(neg, axis=-1)
     per_anchor = jnp.sum(jnp.where(neg, pair_sums, 0.0), axis=-1) / jnp.maximum(n_pairs, 1)
-    return _masked_mean(per_anchor, n_pairs > 0)
+    return masked_mean(per_anchor, n_pairs > 0)
+
+
+def _count_below(rows: Array, queries: Array) -> Array:
+    """``k[i, j]`` = how many of the sorted ``rows[i]`` are < ``queries[i, j]``.
+
+    ``jnp.searchsorted(rows[i], queries[i], side="left")`` per row, as a binary search of
+    static length written with plain lax ops: the searchsorted primitive fails inside
+    ``jax.shard_map``'s varying-axes typing (jax 0.10.2), where the train step runs.
+    """
+    n = rows.shape[-1]
+    lo = jnp.zeros(queries.shape, jnp.int32)
+    hi = jnp.full(queries.shape, n, jnp.int32)
+    for _ in range(n.bit_length()):  # halves hi - lo; the answer is one of 0..n
+        mid = (lo + hi) // 2
+        below = jnp.take_along_axis(rows, jnp.minimum(mid, n - 1), axis=-1) < queries
+        searching = lo < hi
+        lo = jnp.where(searching & below, mid + 1, lo)
+        hi = jnp.where(searching & ~below, mid, hi)
+    return lo
 
 
 CONTRASTIVE_LOSSES: dict[str, Callable[..., Array]] = {
@@ -182,26 +201,16 @@ def balanced_alpha(label_counts: Sequence[int] | np.ndarray) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def _batch_balanced_alpha(onehot: Array, valid: Array) -> Array:
-    """balanced_alpha() of the valid rows' labels, traceable."""
-    counts = jnp.sum(jnp.where(valid[:, None], onehot, 0.0), axis=0)
-    present = counts > 0
-    scale = jnp.sum(counts) / jnp.maximum(jnp.sum(present), 1)
-    return jnp.where(present, scale / jnp.where(present, counts, 1.0), 0.0)
-
-
-def _class_alpha(
-    alpha: None | float | str | Sequence[float] | Array, onehot: Array, valid: Array
-) -> Array:
+def class_weights(alpha: None | float | Sequence[float] | Array, num_classes: int) -> Array:
     """Per-class weights [C] from the accepted forms of ``alpha``."""
-    num_classes = onehot.shape[-1]
     if alpha is None:
-        return jnp.ones((num_classes,), onehot.dtype)
+        return jnp.ones((num_classes,), jnp.float32)
     if isinstance(alpha, str):
-        if alpha != "balanced":
-            raise UserError(f"loss.focal_alpha is {alpha!r}; use a number, a list, or 'balanced'")
-        return _batch_balanced_alpha(onehot, valid)
-    weights = _upcast(alpha)
+        raise UserError(
+            f"loss.focal_alpha is {alpha!r}; pass a number or one weight per class (for "
+            "'balanced', balanced_alpha() of the training label counts)"
+        )
+    weights = upcast(alpha)
     if weights.ndim == 0:
         return jnp.full((num_classes,), weights)
     if weights.shape != (num_classes,):
@@ -217,7 +226,7 @@ def focal_loss(
     labels: Array,
     *,
     gamma: float = 2.0,
-    alpha: None | float | str | Sequence[float] | Array = None,
+    alpha: None | float | Sequence[float] | Array = None,
     label_smoothing: float = 0.0,
     valid: Array | None = None,
 ) -> Array:
@@ -225,22 +234,21 @@ def focal_loss(
 
     CE_i = -sum_c q_c log p_c with the smoothed target q = (1 - eps) * onehot + eps / C, so the
     focal weight (1 - p_y)^gamma uses the model's p_y while the log term is the smoothed CE.
-    ``alpha``: None (1), a number (the same for every class), per-class weights [C], or
-    'balanced' = balanced_alpha() of the labels of this batch's valid rows (for dataset-level
-    weights pass ``balanced_alpha(train_counts)`` as an array). The mean divides by the number of
-    valid rows, not by the sum of the weights. Labels outside [0, C) (padding) give a zero row.
+    ``alpha``: None (1), a number (the same for every class) or per-class weights [C], such as
+    ``balanced_alpha(train_counts)``. The mean divides by the number of valid rows, not by the
+    sum of the weights. Labels outside [0, C) (padding) give a zero row.
     """
-    logits = _upcast(logits)
+    logits = upcast(logits)
     num_classes = logits.shape[-1]
-    v = _valid_mask(valid, logits.shape[0])
+    v = valid_mask(valid, logits.shape[0])
     onehot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     target = (1.0 - label_smoothing) * onehot + label_smoothing / num_classes
     ce = -jnp.sum(target * log_probs, axis=-1)
     log_py = jnp.sum(onehot * log_probs, axis=-1)
-    weight = jnp.power(jnp.maximum(-jnp.expm1(log_py), _FOCAL_EPS), gamma)
-    alpha_y = jnp.sum(onehot * _class_alpha(alpha, onehot, v), axis=-1)
-    return _masked_mean(alpha_y * weight * ce, v)
+    weight = jnp.power(jnp.maximum(-jnp.expm1(log_py), FOCAL_EPS), gamma)
+    alpha_y = jnp.sum(onehot * class_weights(alpha, num_classes), axis=-1)
+    return masked_mean(alpha_y * weight * ce, v)
 
 
 def cross_entropy(
@@ -263,7 +271,7 @@ def classification_loss(
     labels: Array,
     *,
     focal_gamma: float = 2.0,
-    focal_alpha: None | float | str | Sequence[float] | Array = None,
+    focal_alpha: None | float | Sequence[float] | Array = None,
     label_smoothing: float = 0.0,
     valid: Array | None = None,
 ) -> Array:

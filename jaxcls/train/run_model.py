@@ -1,7 +1,8 @@
-"""What a run works with: data, tokenizer, model, and the trainable/frozen split.
+"""The model side of a run: tokenizer, classifier, labels, and the trainable/frozen split.
 
-Training builds a ``Session`` from a config; evaluation and prediction rebuild the same
-one from a run directory (its ``config.json`` and ``labels.json``) and restore a checkpoint.
+Training builds a ``RunModel`` from a config; evaluation, prediction and export rebuild the
+same one from a run directory (its ``config.json`` and ``labels.json``) and restore a
+checkpoint into it (``jaxcls.train.restore``).
 """
 
 from __future__ import annotations
@@ -16,25 +17,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls.data import batches, tables
+from jaxcls import runtime
+from jaxcls.data import batches, tables, tokenizer
 from jaxcls.errors import UserError
-from jaxcls.model import lora
-from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
+from jaxcls.formats import peft_dir
+from jaxcls.model import layerstack, lora
+from jaxcls.model.classifier import HEADS, HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
-from jaxcls.train import base_model, steps, warmstart
+from jaxcls.train import base_model, sharding, steps, warmstart
+from jaxcls.train.settings import ContrastiveSettings
 
 log = logging.getLogger("jaxcls")
 
-HEADS = r"^(score|projection)(/|$)"
 PyTree = Any
 
 
 @dataclasses.dataclass
-class Session:
+class RunModel:
     cfg: Any
     workdir: Path
     config: Qwen3Config
     model: Qwen3Classifier
+    lora: lora.LoRAConfig
     tokenizer: Any
     label_names: list[str]
     trainable: PyTree  # {"adapters", "params", "extra"} (host or device arrays)
@@ -43,7 +47,7 @@ class Session:
 
     @property
     def pad_id(self) -> int:
-        return batches.pad_id(self.tokenizer)
+        return tokenizer.pad_id(self.tokenizer)
 
     def dataset(self, table: tables.Table, labelled: bool = True) -> batches.Dataset:
         names = self.label_names if labelled else None
@@ -51,32 +55,46 @@ class Session:
             table, self.tokenizer, names, self.cfg.data.max_length, self.cfg.data.template
         )
 
+    def read_table(self, path: str, labelled: bool = True) -> tables.Table:
+        """A data file read with the run's column settings."""
+        label_column = self.cfg.data.label_column if labelled else None
+        return tables.read_table(path, self.cfg.data.text_column, label_column)
+
+    def place_base(self, mesh: Any) -> PyTree:
+        """Move the frozen base onto ``mesh`` in the steps' layout (layers stacked, kernels as
+        bits: ``layerstack.step_layout``), releasing the host copy as it goes so the process
+        never holds the base twice; ``self.frozen`` is then that device tree, which is returned.
+        """
+        with runtime.large_blocks_unmapped_on_free():
+            layout = layerstack.step_layout(
+                self.frozen, steps.scanned_layers(self.model), consume=True
+            )
+            self.frozen = None
+            self.frozen = sharding.move_params(layout, mesh)
+        return self.frozen
+
     def merged_params(self, trainable: PyTree | None = None) -> PyTree:
         """Plain params with LoRA folded in (inference and export)."""
         trainable = self.trainable if trainable is None else trainable
         params = lora.combine(self.frozen, trainable["params"])
-        return lora.merge(params, trainable["adapters"], lora.LoRAConfig.from_config(self.cfg.lora))
+        return lora.merge(params, trainable["adapters"], self.lora)
 
 
-def from_peft(cfg: Any, peft_dir: str | Path) -> Session:
-    """An inference session of a peft adapter on ``model.path`` (empty: the adapter's
+def from_peft(cfg: Any, peft_path: str | Path) -> RunModel:
+    """An inference run of a peft adapter on ``model.path`` (empty: the adapter's
     base_model_name_or_path): LoRA merged into the kernels, the adapter's score head."""
-    loaded = peft_dir.load_merged(peft_dir, cfg.model.path, cfg.model.param_dtype)
+    loaded = peft_dir.load_merged(peft_path, cfg.model.path, cfg.model.param_dtype)
     if loaded.tokenizer_dir is None:
-        raise_no_tokenizer(cfg)
-    labels = [loaded.id2label[i] for i in sorted(loaded.id2label)]
+        raise_no_tokenizer(cfg.model.path or peft_path)
+    labels = loaded.labels
     model = Qwen3Classifier(loaded.config, HeadConfig.from_config(cfg.model, len(labels)))
     heads, frozen = lora.partition(loaded.params, HEADS)
-    trainable = {"adapters": {}, "params": heads, "extra": steps.init_extra(cfg.contrastive)}
-    tokenizer = base_model.load_tokenizer(loaded.tokenizer_dir)
-    return Session(
-        cfg, Path(peft_dir), loaded.config, model, tokenizer, labels, trainable, frozen, False
-    )
-
-
-def read_table(cfg: Any, path: str, labelled: bool = True) -> tables.Table:
-    label_column = cfg.data.label_column if labelled else None
-    return tables.read_table(path, cfg.data.text_column, label_column)
+    extra = steps.init_extra(ContrastiveSettings.from_config(cfg.contrastive))
+    trainable = {"adapters": {}, "params": heads, "extra": extra}
+    return RunModel(
+        cfg, Path(peft_path), loaded.config, model, lora.LoRAConfig.from_config(cfg.lora),
+        tokenizer.load_tokenizer(loaded.tokenizer_dir), labels, trainable, frozen, False,
+    )  # fmt: skip
 
 
 def build(
@@ -85,34 +103,34 @@ def build(
     label_names: list[str],
     write_base: bool = True,
     warm_start: bool = True,
-) -> Session:
+) -> RunModel:
     """Model, tokenizer and fresh trainable state for ``label_names``.
 
     ``warm_start`` starts the adapters from ``lora.init_from``; a run restored from its own
     checkpoint does not need (or re-read) that source.
     """
-    loaded = base_model.load_backbone(cfg, workdir, write=write_base)
+    # Reading and stacking the base frees large blocks; unmapped at once, they don't
+    # fragment the heap (runtime.large_blocks_unmapped_on_free).
+    with runtime.large_blocks_unmapped_on_free():
+        loaded = base_model.load_backbone(cfg, workdir, write=write_base)
     if loaded.tokenizer_dir is None:
-        raise_no_tokenizer(cfg)
-    tokenizer = base_model.load_tokenizer(loaded.tokenizer_dir)
+        raise_no_tokenizer(cfg.model.path)
     head = HeadConfig.from_config(cfg.model, len(label_names))
     _check_feature_layer(head, loaded.config)
     model = Qwen3Classifier(loaded.config, head)
-    heads = init_heads(model, cfg.seed, loaded, label_names)
+    heads = init_heads(model, cfg.seed, loaded.params.get("score"), loaded.labels, label_names)
     train_base = bool(cfg.model.train_base) and not cfg.model.path
     params = lora.combine(loaded.params, heads)
     if train_base:
-        log.info("random-init base: the base weights train too (model.train_base)")
         trainable_params, frozen = params, {}
     else:
         trainable_params, frozen = lora.partition(params, HEADS)
     lora_cfg = lora.LoRAConfig.from_config(cfg.lora)
     adapters = lora.init(loaded.params, lora_cfg, jax.random.PRNGKey(cfg.seed + 1))
     if cfg.lora.init_from and warm_start:
-        base_labels = loaded.id2label and [loaded.id2label[i] for i in sorted(loaded.id2label)]
         adapters, score = warmstart.init_from(
             cfg.lora.init_from, loaded.params, lora_cfg, adapters, label_names, cfg.model.path,
-            base_labels,
+            loaded.labels,
         )  # fmt: skip
         if score is not None:
             kernel = trainable_params["score"]["kernel"]
@@ -120,16 +138,18 @@ def build(
     trainable = {
         "adapters": adapters,
         "params": trainable_params,
-        "extra": steps.init_extra(cfg.contrastive),
+        "extra": steps.init_extra(ContrastiveSettings.from_config(cfg.contrastive)),
     }
-    return Session(
-        cfg, workdir, loaded.config, model, tokenizer, label_names, trainable, frozen, train_base
-    )
+    tok = tokenizer.load_tokenizer(loaded.tokenizer_dir)
+    return RunModel(
+        cfg, workdir, loaded.config, model, lora_cfg, tok, label_names, trainable, frozen,
+        train_base,
+    )  # fmt: skip
 
 
-def raise_no_tokenizer(cfg: Any) -> None:
+def raise_no_tokenizer(where: str | Path) -> None:
     raise UserError(
-        f"{cfg.model.path}: no tokenizer files (tokenizer.json, tokenizer_config.json); "
+        f"{where}: no tokenizer files (tokenizer.json, tokenizer_config.json); "
         "copy them from the Hugging Face model dir"
     )
 
@@ -144,10 +164,14 @@ def _check_feature_layer(head: HeadConfig, config: Qwen3Config) -> None:
 
 
 def init_heads(
-    model: Qwen3Classifier, seed: int, loaded: Any, label_names: list[str]
+    model: Qwen3Classifier,
+    seed: int,
+    score: PyTree | None,
+    score_labels: list[str] | None,
+    label_names: list[str],
 ) -> dict[str, Any]:
-    """Fresh ``score`` (+ ``projection``) params; a checkpoint's own score head is kept when
-    its labels are exactly ``label_names``."""
+    """Fresh ``score`` (+ ``projection``) params; a checkpoint's own ``score`` head is kept
+    when its labels are exactly ``label_names``."""
     ids = jnp.zeros((1, 1), jnp.int32)
 
     def heads_only(rng):  # jit drops the backbone's initialisation: only the heads are computed
@@ -155,11 +179,9 @@ def init_heads(
         return {k: v for k, v in params.items() if re.match(HEADS, k)}
 
     heads = jax.tree_util.tree_map(np.asarray, jax.jit(heads_only)(jax.random.PRNGKey(seed + 2)))
-    score = loaded.params.get("score")
-    known = loaded.id2label and [loaded.id2label[i] for i in sorted(loaded.id2label)]
-    if score is not None and known == list(label_names):
+    if score is not None and score_labels == list(label_names):
         heads["score"] = score
-        log.info("using the checkpoint's score head (labels %s)", known)
+        log.info("using the checkpoint's score head (labels %s)", score_labels)
     elif score is not None:
-        log.info("the checkpoint's score head has labels %s; a new head is trained", known)
+        log.info("the checkpoint's score head has labels %s; a new head is trained", score_labels)
     return heads

@@ -1,18 +1,35 @@
-"""Pure train and eval step builders.
+"""Pure train and eval step builders: data parallel as an explicit ``jax.shard_map``.
 
 The trainable state is ``{"adapters": LoRA factors, "params": heads (+ the base when it
 trains), "extra": learnable temperature / loss weights}``; the frozen base is a separate
 argument that is never differentiated. A train batch carries a leading micro-batch axis
-``[A, B, ...]`` (A = ``optim.accumulate``); gradients are averaged over it with ``lax.scan``.
+``[A, B, ...]`` (A = ``optim.accumulate``); gradients are summed over it with ``lax.scan``.
 
-The steps are written for the whole global batch. Jitted with inputs placed on the mesh
-(``sharding.put_batch``), XLA splits the work over the devices and inserts the collectives:
-the gradient all-reduce, the FSDP weight all-gathers, and for ``contrastive.scope = "global"``
-the all-gather of the features, so the result equals a one-device run of the same batch.
+The gradient runs per device under ``jax.shard_map`` over the mesh's ``data`` axis; each
+device holds its rows of the batch and computes, with scalar collectives, the loss of the
+whole global batch:
+
+- classification loss and accuracy: ``psum`` of each device's sums over its valid rows,
+  divided by the ``psum`` of the valid-row counts (the one-device global-batch mean, exactly);
+- contrastive loss, ``scope = "global"``: the features, labels and masks are gathered with
+  ``all_gather(tiled=True)``, so every anchor sees the whole batch, and the gather's transpose
+  (a reduce-scatter) sends each device the gradient of its own rows; ``scope = "local"``: the
+  loss of each device's own rows (no gather), averaged over devices with ``pmean``;
+- gradients: each device differentiates its own copy of the trainable state (``pcast`` to
+  varying), so its gradient is its share of the global loss's; one ``psum`` after the
+  micro-batches adds the shares. The optimizer update then runs outside the ``shard_map``, on
+  the replicated (or FSDP-placed) state, the same on every device.
+
+The ``fsdp`` axis is left to the compiler (``axis_names={"data"}``): the base kernels split
+over it by ``sharding.FSDP_RULES`` are all-gathered where a layer uses them, and the rows of a
+data shard are split over its fsdp devices, as without ``shard_map``. Dropout draws a separate
+mask on each data shard (the step's key folded with the shard index), as data-parallel
+training does; splitting the rows over ``fsdp`` leaves the masks unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,14 +37,19 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxcls.model import layerstack, lora
 from jaxcls.model.classifier import Qwen3Classifier
-from jaxcls.train import losses, schedules
+from jaxcls.train import losses, schedules, sharding
+from jaxcls.train.settings import ContrastiveSettings, OptimSettings, StepSettings
 
 Array = jax.Array
 PyTree = Any
 Batch = dict[str, Array]
+
+DATA, FSDP = sharding.BATCH_AXES  # shard_map makes "data" manual; "fsdp" is the compiler's
 
 
 @flax.struct.dataclass
@@ -39,7 +61,7 @@ class TrainState:
     bad_steps: Array  # int32 scalar: consecutive steps with a non-finite loss or gradient
 
 
-def init_extra(con: Any) -> dict[str, Array]:
+def init_extra(con: ContrastiveSettings) -> dict[str, Array]:
     """Trainable scalars of the contrastive strategies (learned temperature and weights)."""
     extra = {}
     if con.temperature_schedule == "learnable":
@@ -49,17 +71,17 @@ def init_extra(con: Any) -> dict[str, Array]:
     return extra
 
 
-def make_optimizer(optim: Any, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(optim: OptimSettings, total_steps: int) -> optax.GradientTransformation:
     """AdamW (warmup + cosine) with global-norm clipping; no weight decay on ``extra``."""
 
     def decay_mask(tree: PyTree) -> PyTree:
         return {k: jax.tree_util.tree_map(lambda _, d=k != "extra": d, v) for k, v in tree.items()}
 
     parts = []
-    if float(optim.grad_clip) > 0:
-        parts.append(optax.clip_by_global_norm(float(optim.grad_clip)))
+    if optim.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(optim.grad_clip))
     lr = schedules.learning_rate(optim, total_steps)
-    parts.append(optax.adamw(lr, weight_decay=float(optim.weight_decay), mask=decay_mask))
+    parts.append(optax.adamw(lr, weight_decay=optim.weight_decay, mask=decay_mask))
     return optax.chain(*parts)
 
 
@@ -85,122 +107,189 @@ def scanned_layers(model: Qwen3Classifier) -> int:
     return model.config.num_hidden_layers if model.head.scan else 0
 
 
-def make_train_step(
-    model: Qwen3Classifier,
-    cfg: Any,
-    optimizer: optax.GradientTransformation,
-    total_steps: int,
-    *,
-    class_alpha: Any = None,
-    data_shards: int = 1,
-) -> Callable[[TrainState, PyTree, Batch], tuple[TrainState, dict[str, Array]]]:
-    """``train_step(state, frozen, batch) -> (state, metrics)`` for ``jax.jit``.
+# ---------------------------------------------------------------- train step (per device)
 
-    ``data_shards`` is the data-parallel size; with ``contrastive.scope = "local"`` the
-    contrastive loss is the mean of the per-shard losses (what per-device DDP computes).
+
+def contrastive_term(
+    con: ContrastiveSettings,
+    features: Array,
+    labels: Array,
+    valid: Array,
+    temperature: Array,
+    fsdp: int,
+) -> Array:
+    """The contrastive loss of the global batch, from this data shard's rows ``[b, D]``.
+
+    ``global``: of the gathered batch ``[B, D]`` (the same value on every device). ``local``:
+    the mean over devices of each device's loss on its own rows; a data shard's rows are
+    split over its ``fsdp`` devices, so each of ``fsdp`` consecutive groups is one device's.
     """
-    lora_cfg = lora.LoRAConfig.from_config(cfg.lora)
-    n_scan = scanned_layers(model)
-    con, loss_cfg = cfg.contrastive, cfg.loss
-    local = con.scope == "local" and data_shards > 1
+    if con.loss == "none":
+        return jnp.zeros((), jnp.float32)
 
-    def contrastive(features: Array, labels: Array, valid: Array, temperature: Array) -> Array:
-        def one(f: Array, y: Array, v: Array) -> Array:
-            return losses.contrastive_loss(
-                con.loss,
-                f,
-                y,
-                temperature=temperature,
-                base_temperature=float(con.base_temperature),
-                focal_gamma=float(con.focal_gamma),
-                margin=float(con.margin),
-                valid=v,
-            )
+    def loss(f: Array, y: Array, v: Array) -> Array:
+        return losses.contrastive_loss(
+            con.loss, f, y, temperature=temperature, base_temperature=con.base_temperature,
+            focal_gamma=con.focal_gamma, margin=con.margin, valid=v,
+        )  # fmt: skip
 
-        if not local:
-            return one(features, labels, valid)
-        split = lambda x: x.reshape(data_shards, -1, *x.shape[1:])  # noqa: E731
-        return jnp.mean(jax.vmap(one)(split(features), split(labels), split(valid)))
+    if con.scope == "global":
+        gather = functools.partial(jax.lax.all_gather, axis_name=DATA, axis=0, tiled=True)
+        return loss(gather(features), gather(labels), gather(valid))
+    split = lambda x: x.reshape(fsdp, -1, *x.shape[1:])  # noqa: E731
+    per_device = jax.vmap(loss)(split(features), split(labels), split(valid))
+    return jax.lax.pmean(jnp.mean(per_device), DATA)
 
-    def loss_fn(trainable: PyTree, frozen: PyTree, batch: Batch, rng: Array, step: Array):
-        params = assemble(trainable, frozen, lora_cfg, train=True, scan_layers=n_scan)
-        logits, features = model.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch["attention_mask"],
-            deterministic=False,
-            rngs={"dropout": rng},
-        )
-        valid = batch["valid"]
-        cls = losses.classification_loss(
-            loss_cfg.classification,
-            logits,
-            batch["labels"],
-            focal_gamma=float(loss_cfg.focal_gamma),
-            focal_alpha=class_alpha,
-            label_smoothing=float(loss_cfg.label_smoothing),
-            valid=valid,
-        )
-        extra = trainable["extra"]
-        temperature = schedules.temperature(con, step, total_steps, extra.get("log_temperature"))
-        con_loss = contrastive(features, batch["labels"], valid, temperature)
-        weight = schedules.contrastive_weight(con, step)
-        if "log_vars" in extra:
-            s = extra["log_vars"]
-            total = jnp.exp(-s[0]) * cls + 0.5 * s[0]
-            total = total + weight * (jnp.exp(-s[1]) * con_loss + 0.5 * s[1])
-            weight = weight * jnp.exp(s[0] - s[1])  # the effective weight relative to cls
-        else:
-            total = cls + weight * con_loss
-        parts = {"cls_loss": cls, "con_loss": con_loss, "con_weight": weight}
-        parts["temperature"] = temperature
-        parts["accuracy"] = _accuracy(logits, batch["labels"], valid)
-        return total, parts
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+def micro_batch_loss(
+    trainable: PyTree,
+    frozen: PyTree,
+    batch: Batch,
+    rng: Array,
+    step: Array,
+    *,
+    model: Qwen3Classifier,
+    settings: StepSettings,
+    fsdp: int,
+) -> tuple[Array, dict[str, Array]]:
+    """``(loss, metrics)`` of one global micro-batch, from this device's rows of it.
 
-    def train_step(state: TrainState, frozen: PyTree, batch: Batch):
-        rng = jax.random.fold_in(state.rng, state.step)
-        n_micro = batch["labels"].shape[0]
+    Every device returns the same values (``pmean`` makes them one); differentiated with
+    respect to this device's copy of ``trainable``, the loss gives this device's share of
+    the gradient.
+    """
+    params = assemble(
+        trainable, frozen, settings.lora, train=True, scan_layers=scanned_layers(model)
+    )
+    logits, features = model.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["attention_mask"],
+        deterministic=False,
+        rngs={"dropout": rng},
+    )
+    labels, valid = batch["labels"], batch["valid"]
+    # Sums over this device's valid rows, then over devices: the global-batch means.
+    n_local = jnp.sum(valid.astype(jnp.float32))
+    n_valid = jnp.maximum(jax.lax.psum(n_local, DATA), 1.0)
+    loss_cfg = settings.loss
+    cls_mean = losses.classification_loss(
+        loss_cfg.classification, logits, labels, focal_gamma=loss_cfg.focal_gamma,
+        focal_alpha=loss_cfg.class_weights, label_smoothing=loss_cfg.label_smoothing, valid=valid,
+    )  # fmt: skip
+    cls = jax.lax.psum(cls_mean * jnp.maximum(n_local, 1.0), DATA) / n_valid
+    hits = (jnp.argmax(logits, axis=-1) == labels) & (valid > 0)
+    accuracy = jax.lax.psum(jnp.sum(hits.astype(jnp.float32)), DATA) / n_valid
 
-        def micro(carry, xs):
+    con, extra = settings.contrastive, trainable["extra"]
+    temperature = schedules.temperature(
+        con, step, settings.total_steps, extra.get("log_temperature")
+    )
+    con_loss = contrastive_term(con, features, labels, valid, temperature, fsdp)
+    weight = schedules.contrastive_weight(con, step)
+    if "log_vars" in extra:
+        s = extra["log_vars"]
+        total = jnp.exp(-s[0]) * cls + 0.5 * s[0]
+        total = total + weight * (jnp.exp(-s[1]) * con_loss + 0.5 * s[1])
+        weight = weight * jnp.exp(s[0] - s[1])  # the effective weight relative to cls
+    else:
+        total = cls + weight * con_loss
+    parts = {"cls_loss": cls, "con_loss": con_loss, "con_weight": weight}
+    parts.update(temperature=temperature, accuracy=accuracy)
+    # The values are equal on every device; pmean makes them one value (invariant over the
+    # data axis), so the gradient of each device's copy is its share, not a multiple.
+    return jax.lax.pmean((total, parts), DATA)
+
+
+def batch_gradients(
+    trainable: PyTree,
+    frozen: PyTree,
+    batch: Batch,
+    rng: Array,
+    step: Array,
+    *,
+    model: Qwen3Classifier,
+    settings: StepSettings,
+    fsdp: int,
+) -> tuple[Array, dict[str, Array], PyTree]:
+    """``(loss, metrics, grads)`` of a global batch ``[A, B, ...]``: the shard_map body.
+
+    Means over the A micro-batches; ``grads`` summed over devices (the same on all).
+    """
+    grad_fn = jax.value_and_grad(
+        functools.partial(micro_batch_loss, model=model, settings=settings, fsdp=fsdp),
+        has_aux=True,
+    )
+    # Each device differentiates its own copy of the weights and its own dropout masks.
+    local = jax.lax.pcast(trainable, DATA, to="varying")
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(DATA))
+    n_micro = batch["labels"].shape[0]
+    if n_micro == 1:
+        first = jax.tree_util.tree_map(lambda x: x[0], batch)
+        (loss, parts), grads = grad_fn(local, frozen, first, rng, step)
+    else:
+
+        def micro(acc: PyTree, xs: tuple[Array, Batch]) -> tuple[PyTree, tuple]:
             i, mb = xs
-            out = grad_fn(state.trainable, frozen, mb, jax.random.fold_in(rng, i), state.step)
-            return jax.tree_util.tree_map(jnp.add, carry, out), None
+            (loss, parts), grads = grad_fn(local, frozen, mb, jax.random.fold_in(rng, i), step)
+            return jax.tree_util.tree_map(jnp.add, acc, grads), (loss, parts)
 
-        shapes = jax.eval_shape(grad_fn, state.trainable, frozen, _first(batch), rng, state.step)
-        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        if n_micro == 1:
-            (loss, parts), grads = grad_fn(state.trainable, frozen, _first(batch), rng, state.step)
-        else:
-            ((loss, parts), grads), _ = jax.lax.scan(micro, zeros, (jnp.arange(n_micro), batch))
-        loss, parts, grads = jax.tree_util.tree_map(lambda x: x / n_micro, (loss, parts, grads))
-        grad_norm = optax.tree.norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
-        def update(trainable: PyTree, opt_state: PyTree) -> tuple[PyTree, PyTree]:
-            updates, opt_state = optimizer.update(grads, opt_state, trainable)
-            return _project_extra(optax.apply_updates(trainable, updates), con), opt_state
-
-        # A non-finite step keeps the old state. A cond, not a select over every leaf: the
-        # select cost a pass over each trainable and optimizer leaf and copies of the moments
-        # (a third of the demo step, whose 151936 x 128 embedding trains; benchmarks/NOTES.md).
-        trainable, opt_state = jax.lax.cond(
-            ok, update, lambda t, o: (t, o), state.trainable, state.opt_state
-        )
-        new_state = state.replace(
-            step=state.step + 1,
-            trainable=trainable,
-            opt_state=opt_state,
-            bad_steps=jnp.where(ok, 0, state.bad_steps + 1),
-        )
-        metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": (~ok).astype(jnp.int32)}
-        return new_state, {**metrics, **parts}
-
-    return train_step
+        zeros = jax.lax.pcast(jax.tree_util.tree_map(jnp.zeros_like, trainable), DATA, to="varying")
+        grads, (loss, parts) = jax.lax.scan(micro, zeros, (jnp.arange(n_micro), batch))
+        loss, parts = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), (loss, parts))
+    # Reduced over the compiler's fsdp axis first, into the weights' own FSDP layout: left
+    # partial there, the psum over a data axis of size 1 fails in XLA's SPMD partitioner
+    # (jax 0.10.2: "Cross-partition allreduce must be in (partial) manual partitioning mode").
+    # It still fails for a base that trains (model.train_base) split over a 1 x fsdp mesh.
+    grads = jax.lax.with_sharding_constraint(grads, _fsdp_specs(grads, fsdp))
+    grads = jax.tree_util.tree_map(lambda g: g / n_micro, jax.lax.psum(grads, DATA))
+    return loss, parts, grads
 
 
-def _project_extra(trainable: PyTree, con: Any) -> PyTree:
+def _fsdp_specs(tree: PyTree, fsdp: int) -> PyTree:
+    """The partition spec ``sharding.FSDP_RULES`` gives each leaf of a trainable-like tree."""
+
+    def spec(path: tuple, leaf: Array) -> P:
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        return sharding.leaf_spec(name, leaf.shape, fsdp)
+
+    return jax.tree_util.tree_map_with_path(spec, tree)
+
+
+# ---------------------------------------------------------------- train step (replicated)
+
+
+def apply_update(
+    state: TrainState,
+    grads: PyTree,
+    loss: Array,
+    optimizer: optax.GradientTransformation,
+    con: ContrastiveSettings,
+) -> tuple[TrainState, dict[str, Array]]:
+    """The optimizer update, skipped (state kept) when the loss or a gradient is not finite."""
+    grad_norm = optax.tree.norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def update(trainable: PyTree, opt_state: PyTree) -> tuple[PyTree, PyTree]:
+        updates, opt_state = optimizer.update(grads, opt_state, trainable)
+        return _project_extra(optax.apply_updates(trainable, updates), con), opt_state
+
+    # A cond, not a select over every leaf: the select cost a pass over each trainable and
+    # optimizer leaf and copies of the moments (a third of the demo step, whose 151936 x 128
+    # embedding trains; benchmarks/NOTES.md).
+    trainable, opt_state = jax.lax.cond(
+        ok, update, lambda t, o: (t, o), state.trainable, state.opt_state
+    )
+    new_state = state.replace(
+        step=state.step + 1,
+        trainable=trainable,
+        opt_state=opt_state,
+        bad_steps=jnp.where(ok, 0, state.bad_steps + 1),
+    )
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": (~ok).astype(jnp.int32)}
+
+
+def _project_extra(trainable: PyTree, con: ContrastiveSettings) -> PyTree:
     """Keep a learnable log-temperature inside [log temperature_min, log temperature_max].
 
     Projecting the parameter (rather than only clipping its use) keeps it where its gradient
@@ -210,35 +299,72 @@ def _project_extra(trainable: PyTree, con: Any) -> PyTree:
     extra = trainable["extra"]
     if "log_temperature" not in extra:
         return trainable
-    lo, hi = jnp.log(float(con.temperature_min)), jnp.log(float(con.temperature_max))
+    lo, hi = jnp.log(con.temperature_min), jnp.log(con.temperature_max)
     extra = {**extra, "log_temperature": jnp.clip(extra["log_temperature"], lo, hi)}
     return {**trainable, "extra": extra}
 
 
-def _first(batch: Batch) -> Batch:
-    return jax.tree_util.tree_map(lambda x: x[0], batch)
+def make_train_step(
+    model: Qwen3Classifier,
+    settings: StepSettings,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+) -> Callable[[TrainState, PyTree, Batch], tuple[TrainState, dict[str, Array]]]:
+    """``train_step(state, frozen, batch) -> (state, metrics)`` for ``jax.jit``.
+
+    ``batch`` is ``[A, B, ...]`` with B split over the mesh (``sharding.put_batch(...,
+    batch_axis=1)``); the state and the base are placed by ``sharding.FSDP_RULES``.
+    """
+    gradients = jax.shard_map(
+        functools.partial(batch_gradients, model=model, settings=settings, fsdp=mesh.shape[FSDP]),
+        mesh=mesh,
+        in_specs=(P(), P(), P(None, DATA), P(), P()),
+        out_specs=(P(), P(), P()),
+        axis_names={DATA},
+    )
+
+    def train_step(state: TrainState, frozen: PyTree, batch: Batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        loss, parts, grads = gradients(state.trainable, frozen, batch, rng, state.step)
+        new_state, metrics = apply_update(state, grads, loss, optimizer, settings.contrastive)
+        return new_state, {**metrics, **parts}
+
+    return train_step
 
 
-def _accuracy(logits: Array, labels: Array, valid: Array) -> Array:
-    v = valid.astype(jnp.float32)
-    hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    return jnp.sum(hits * v) / jnp.maximum(jnp.sum(v), 1.0)
+# ---------------------------------------------------------------- eval step
 
 
 def make_eval_step(
-    model: Qwen3Classifier, cfg: Any
+    model: Qwen3Classifier, lora_cfg: lora.LoRAConfig, mesh: Mesh
 ) -> Callable[[PyTree, PyTree, Batch], dict[str, Array]]:
-    """``eval_step(trainable, frozen, batch) -> {logits, features, nll}`` for ``jax.jit``."""
-    lora_cfg = lora.LoRAConfig.from_config(cfg.lora)
-    n_scan = scanned_layers(model)
+    """``eval_step(trainable, frozen, batch) -> {logits, features, nll}`` for ``jax.jit``.
 
-    def eval_step(trainable: PyTree, frozen: PyTree, batch: Batch) -> dict[str, Array]:
-        params = assemble(trainable, frozen, lora_cfg, train=False, scan_layers=n_scan)
+    Each data shard runs its rows (``[B, ...]`` split over the mesh); the outputs come back
+    replicated, so every process of a multi-host job has all rows.
+    """
+
+    def local_outputs(trainable: PyTree, frozen: PyTree, batch: Batch) -> dict[str, Array]:
+        params = assemble(
+            trainable, frozen, lora_cfg, train=False, scan_layers=scanned_layers(model)
+        )
         logits, features = model.apply(
             {"params": params}, batch["input_ids"], batch["attention_mask"], deterministic=True
         )
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(log_probs, batch["labels"][:, None], axis=-1)[:, 0]
         return {"logits": logits, "features": features, "nll": nll}
+
+    outputs = jax.shard_map(
+        local_outputs,
+        mesh=mesh,
+        in_specs=(P(), P(), P(DATA)),
+        out_specs=P(DATA),
+        axis_names={DATA},
+    )
+    replicated = NamedSharding(mesh, P())
+
+    def eval_step(trainable: PyTree, frozen: PyTree, batch: Batch) -> dict[str, Array]:
+        return jax.lax.with_sharding_constraint(outputs(trainable, frozen, batch), replicated)
 
     return eval_step

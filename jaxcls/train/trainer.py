@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -24,25 +23,29 @@ from jaxcls import runtime
 from jaxcls.data import batches, splits, tables
 from jaxcls.errors import UserError
 from jaxcls.eval import scoring
+from jaxcls.files import write_text_atomic
 from jaxcls.formats import run_dir
-from jaxcls.model import layerstack, lora
-from jaxcls.train import run_model, schedules, sharding, steps
-from jaxcls.train.checkpoints import Checkpoints, abstract, check_same_model, committed_steps
+from jaxcls.interrupts import StopFlag
+from jaxcls.model import lora
+from jaxcls.train import (
+    checkpoints,
+    loggers,
+    losses,
+    plan,
+    restore,
+    run_model,
+    schedules,
+    sharding,
+    steps,
+)
+from jaxcls.train.checkpoints import abstract, check_same_model, committed_steps
+from jaxcls.train.settings import OptimSettings, StepSettings
 
 log = logging.getLogger("jaxcls")
 
 
 # Step metrics logged as of the last step of each logging window instead of its mean.
 SCHEDULED = ("con_weight", "temperature")
-
-
-def check_best_metric(name: str) -> None:
-    """``train.best_metric`` must name a validation metric that ``validate`` logs."""
-    known = [f"val/{key}" for key in scoring.SCALARS]
-    if name not in known:
-        raise UserError(
-            f"config key 'train.best_metric' is {name!r}; use one of: {', '.join(known)}"
-        )
 
 
 def total_steps(cfg: Any, micro_per_epoch: int) -> int:
@@ -52,35 +55,59 @@ def total_steps(cfg: Any, micro_per_epoch: int) -> int:
     return int(cfg.train.epochs) * -(-micro_per_epoch // int(cfg.optim.accumulate))
 
 
-class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and exits cleanly."""
+def read_inputs(cfg: Any) -> tuple[tables.Table, tables.Table, list[str]]:
+    """The training and validation tables and the label map of ``cfg``'s data files."""
+    inputs = splits.read_inputs(cfg.data, cfg.seed)
+    return inputs.train, inputs.val, inputs.label_names
 
-    def __init__(self):
-        self.signum: int | None = None
-        self._old = {}
 
-    def __enter__(self) -> StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._set)
-            except ValueError:  # not the main thread: no handlers
-                pass
-        return self
+def check_run_dir(cfg: Any, workdir: Path, label_names: list[str]) -> None:
+    """A run dir is resumed only with its labels, model and LoRA settings (or is new)."""
+    run_dir.check_labels(workdir, label_names)
+    if (workdir / run_dir.CONFIG).is_file():
+        check_same_model(run_dir.read_config(workdir).to_dict(), cfg, workdir)
+    if not cfg.train.resume and committed_steps(workdir / checkpoints.CHECKPOINTS):
+        raise UserError(
+            f"{workdir / checkpoints.CHECKPOINTS} has checkpoints and train.resume is false; "
+            "train into a new workdir (--config.workdir=...) or delete them first"
+        )
 
-    def _set(self, signum, frame) -> None:
-        self.signum = signum
 
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+def write_run_files(cfg: Any, workdir: Path, inputs: splits.Inputs) -> None:
+    """config.json, labels.json, runs/LATEST and data.split's parts (written once the run is
+    known to fit).
+
+    config.json is the resolved config: the data files actually used (absolute; the demo's, or
+    data.split's parts in RUN/data/, so eval.py finds the test part) and the actual workdir.
+    """
+    files = dict(inputs.files)
+    if inputs.parts:
+        data = cfg.data
+        files.update(
+            splits.write_parts(inputs.parts, workdir / "data", data.train, data.split, cfg.seed)
+        )
+    resolved = config_lib.config_from_json(config_lib.config_to_json(cfg))
+    resolved.workdir = str(workdir.absolute())
+    for part in ("train", "val", "test"):
+        resolved.data[part] = files.get(part, "")
+    if inputs.parts:  # the parts are the files now: the resolved config trains on them as given
+        resolved.data.split = ""
+    write_text_atomic(workdir / run_dir.CONFIG, config_lib.config_to_json(resolved))
+    run_dir.save_labels(workdir / run_dir.LABELS, inputs.label_names)
+    run_dir.mark_latest(workdir)
 
 
 class Trainer:
     """One training run of ``cfg`` in ``workdir`` (resumed when it has checkpoints)."""
 
-    def __init__(self, cfg: Any, workdir: str | Path | None = None):
+    def __init__(
+        self,
+        cfg: Any,
+        workdir: str | Path | None = None,
+        inputs: splits.Inputs | None = None,
+    ):
+        """``inputs``: ``splits.read_inputs`` of ``cfg`` when the caller has read them already."""
         config_lib.validate_config(cfg)
-        check_best_metric(cfg.train.best_metric)
         self.cfg = cfg
         self.workdir = Path(workdir or config_lib.resolve_workdir(cfg))
         self.main = jax.process_index() == 0
@@ -90,32 +117,36 @@ class Trainer:
         sharding.check_batch_size(cfg.train.batch_size, self.mesh, "train.batch_size")
         sharding.check_batch_size(cfg.train.eval_batch_size, self.mesh, "train.eval_batch_size")
 
-        # Input.
-        train_table, val_table, self.label_names = splits.read_train_val(
-            cfg, splits.data_paths(cfg)
-        )
+        # Input, checked against the run dir before any slow work.
+        inputs = inputs or splits.read_inputs(cfg.data, cfg.seed)
+        train_table, val_table, self.label_names = inputs.train, inputs.val, inputs.label_names
+        # The "auto" keys resolved from the data's size; the run and its config.json use these.
+        cfg, choices = plan.resolve(cfg, len(train_table.texts))
+        self.cfg = cfg
+        log.info("recipe: %s", plan.recipe_of(cfg).name)
+        for choice in choices:
+            log.info("auto: %s", choice)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        splits.check_labels(self.workdir, self.label_names)
-        saved_config = self.workdir / run_dir.CONFIG
-        if saved_config.is_file():
-            saved = config_lib.config_from_json(saved_config.read_text(encoding="utf-8"))
-            check_same_model(saved.to_dict(), cfg, self.workdir)
-        if not cfg.train.resume and committed_steps(self.workdir / "checkpoints"):
-            raise UserError(
-                f"{self.workdir / 'checkpoints'} has checkpoints and train.resume is false; train "
-                "into a new workdir (--config.workdir=...) or delete them first"
-            )
+        check_run_dir(cfg, self.workdir, self.label_names)
+        # The loggers of train.loggers (a missing wandb fails here); nothing is written yet.
+        self.metrics_log = loggers.Loggers(
+            self.workdir, cfg.train.loggers, cfg.to_dict(), enabled=self.main
+        )
 
         # Model and optimizer.
-        with runtime.large_blocks_unmapped_on_free():
-            self.run = run_model.build(cfg, self.workdir, self.label_names, write_base=self.main)
+        self.run = run_model.build(cfg, self.workdir, self.label_names, write_base=self.main)
         self.train_set, self.val_set = self.run.dataset(train_table), self.run.dataset(val_table)
         self.batches = batches.TrainBatches(
             self.train_set, cfg.train.batch_size, cfg.seed, cfg.data.sampler, self.run.pad_id,
             cfg.data.max_length, cfg.data.min_bucket_batches,
         )  # fmt: skip
         self.n_steps = total_steps(cfg, self.batches.steps_per_epoch)
-        self.optimizer = steps.make_optimizer(cfg.optim, self.n_steps)
+        if warning := plan.warmup_warning(cfg, self.n_steps):
+            log.warning(warning)
+        optim = OptimSettings.from_config(cfg.optim)
+        self.optimizer = steps.make_optimizer(optim, self.n_steps)
+        if self.run.train_base:
+            log.info("random-init base: the base weights train too (model.train_base)")
         log.info(lora.summary(self.run.trainable, self.run.frozen))
         log.info(
             "%d training / %d validation texts, %d classes, %d steps on %d device(s)",
@@ -125,34 +156,16 @@ class Trainer:
 
         # Sharding: the frozen base and the state are placed by sharding.FSDP_RULES (replicated
         # unless mesh.fsdp > 1) and the state is initialised in place, so no device ever holds
-        # more than its share of either. The base moves in the steps' layout (layers stacked,
-        # kernels as bits: layerstack.step_layout) and its host copy is released as it goes,
-        # so the process never holds it twice; run.frozen is then that device tree.
-        with runtime.large_blocks_unmapped_on_free():
-            layout = layerstack.step_layout(
-                self.run.frozen, steps.scanned_layers(self.run.model), consume=True
-            )
-            self.run.frozen = None
-            self.frozen = self.run.frozen = sharding.move_params(layout, self.mesh)
+        # more than its share of either; the base's host copy is released as it moves.
+        self.frozen = self.run.place_base(self.mesh)
         trainable = sharding.put_params(self.run.trainable, self.mesh)
+        state, self.state_shardings = sharding.init_sharded(
+            lambda t: restore.new_state(t, self.optimizer, cfg.seed), trainable, mesh=self.mesh
+        )
 
-        def init_state(trainable: Any) -> steps.TrainState:
-            return steps.TrainState(
-                step=jnp.zeros((), jnp.int32),
-                trainable=trainable,
-                opt_state=self.optimizer.init(trainable),
-                rng=jax.random.PRNGKey(cfg.seed),
-                bad_steps=jnp.zeros((), jnp.int32),
-            )
-
-        state, self.state_shardings = sharding.init_sharded(init_state, trainable, mesh=self.mesh)
-
-        # Checkpoints and resume (restored straight into the state's shardings).
-        self.ckpts = Checkpoints(
-            self.workdir / "checkpoints", cfg.train.best_metric, cfg.train.best_mode,
-            cfg.train.keep_best, writer=True,  # every process: Orbax syncs them all
-        )  # fmt: skip
-        self.metrics_log = run_dir.MetricsLog(self.workdir / run_dir.METRICS, enabled=self.main)
+        # Checkpoints and resume (restored straight into the state's shardings). Every process
+        # opens them as the writer: Orbax synchronises them all.
+        self.ckpts = checkpoints.open_checkpoints(self.workdir, cfg, writer=True)
         self.meta = {"best_value": None, "best_step": None, "bad_evals": 0, "finished": False}
         latest = self.ckpts.latest_step()
         if latest is not None:
@@ -162,41 +175,45 @@ class Trainer:
         # failing command never overwrites a good run's config, labels or metrics.
         self.metrics_log.truncate_after(-1 if latest is None else latest)
         if self.main:
-            run_dir.write_atomic(self.workdir / run_dir.CONFIG, config_lib.config_to_json(cfg))
-            tables.save_labels(self.workdir / run_dir.LABELS, self.label_names)
-            run_dir.mark_latest(self.workdir)
+            write_run_files(cfg, self.workdir, inputs)
 
         # Update step.
         replicated = sharding.replicated(self.mesh)
         self.state = state
+        settings = StepSettings.from_config(cfg, self.n_steps, self._class_alpha())
         self.train_step = jax.jit(
-            steps.make_train_step(
-                self.run.model, cfg, self.optimizer, self.n_steps,
-                class_alpha=self._class_alpha(), data_shards=sharding.data_size(self.mesh),
-            ),
+            steps.make_train_step(self.run.model, settings, self.optimizer, self.mesh),
             donate_argnums=(0,),
             out_shardings=(self.state_shardings, replicated),
-        )  # fmt: skip
-        self.eval_step = jax.jit(
-            steps.make_eval_step(self.run.model, cfg), out_shardings=replicated
         )
-        self.lr_at = schedules.learning_rate(cfg.optim, self.n_steps)
+        self.eval_step = jax.jit(
+            steps.make_eval_step(self.run.model, settings.lora, self.mesh), out_shardings=replicated
+        )
+        self.lr_at = schedules.learning_rate(optim, self.n_steps)
 
-    def _class_alpha(self) -> jax.Array | None:
+    def _class_alpha(self) -> tuple[float, ...] | None:
+        """``loss.focal_alpha`` as class weights: none, "balanced" (``losses.balanced_alpha``
+        of the training label counts) or the listed floats."""
         counts = np.bincount(self.train_set.labels, minlength=len(self.label_names))
+        if self.cfg.loss.focal_alpha.strip() == "balanced":
+            return tuple(float(w) for w in losses.balanced_alpha(counts))
         alpha = config_lib.parse_focal_alpha(self.cfg.loss.focal_alpha, counts.tolist())
-        return None if alpha is None else jnp.asarray(alpha, jnp.float32)
+        return None if alpha is None else tuple(alpha)
 
     # Evaluation.
 
+    def evaluate(self, dataset: batches.Dataset) -> tuple[dict, dict]:
+        """``scoring.evaluate`` of the current state on a labelled dataset."""
+        cfg, trainable, frozen, mesh = self.cfg, self.state.trainable, self.frozen, self.mesh
+        return scoring.evaluate(
+            lambda batch: self.eval_step(trainable, frozen, sharding.put_batch(batch, mesh)),
+            dataset, cfg.train.eval_batch_size, self.run.pad_id, cfg.data.max_length,
+            self.label_names,
+        )  # fmt: skip
+
     def validate(self, step: int) -> dict[str, float]:
         """Validation metrics (``val/...``), logged to metrics.jsonl."""
-        cfg = self.cfg
-        outputs = scoring.run_dataset(
-            self.eval_step, self.state.trainable, self.frozen, self.val_set,
-            cfg.train.eval_batch_size, self.run.pad_id, cfg.data.max_length, self.mesh,
-        )  # fmt: skip
-        result = scoring.scalars(scoring.score(outputs, self.val_set.labels, self.label_names))
+        result = scoring.scalars(self.evaluate(self.val_set)[0])
         self.metrics_log.write(step, "val", result)
         return {f"val/{k}": v for k, v in result.items()}
 
@@ -253,20 +270,29 @@ class Trainer:
         self.window = self.meta.pop("window", None) or {"sums": {}, "seen": 0}
         tokens, t0 = 0, None
         status = "finished"
-        bar = tqdm(total=self.n_steps, initial=start, unit="step", disable=not self.main)
-        # Closing the bar on any exit ends its line, so an error message starts a line of its own.
-        with StopFlag() as stop, contextlib.closing(bar):
+        # The bar starts after the first step, which compiles, so that its rate and ETA count
+        # steps only (validations and saves are left out too: ``unpause``). Closing it on any
+        # exit ends its line, so an error message starts a line of its own.
+        bar, stop = None, StopFlag()
+        if self.main and start < self.n_steps:
+            log.info("compiling the training step (step %d)...", start + 1)
+        with stop, contextlib.ExitStack() as closing:
             for step in range(start, self.n_steps):
                 if self.meta["finished"]:
                     break
-                batch = splits.micro_batches(
+                batch = batches.micro_batches(
                     self.batches, step, int(cfg.optim.accumulate), self.run.pad_id
                 )
                 placed = sharding.put_batch(batch, self.mesh, batch_axis=1)
                 self.state, metrics = self.train_step(self.state, self.frozen, placed)
                 metrics = jax.device_get(metrics)
                 done = step + 1
-                bar.update(1)
+                if bar is None:
+                    stop.ready()  # from now on a signal stops the loop after its step
+                    bar = tqdm(total=self.n_steps, initial=done, unit="step", disable=not self.main)
+                    closing.enter_context(contextlib.closing(bar))
+                else:
+                    bar.update(1)
                 if t0 is None:  # the first step compiles: time from its end
                     runtime.release_freed_memory()  # the compiler's memory (0.5 GB at 1.7B)
                     t0 = time.perf_counter()
@@ -291,10 +317,12 @@ class Trainer:
                 elif stop.signum is not None or self._save_due(done):
                     self.save(done, {})
                 t0 += time.perf_counter() - paused  # tokens/s: validating and saving excluded
+                bar.unpause()
                 if stop.signum is not None and not self.meta["finished"]:
                     status = "interrupted"
                     break
         self.ckpts.close()
+        self.metrics_log.close()
         self._report(status, stop.signum)
         return {
             "workdir": str(self.workdir),
@@ -353,6 +381,10 @@ class Trainer:
             )  # fmt: skip
 
 
-def train_and_evaluate(cfg: Any, workdir: str | Path | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+    cfg: Any,
+    workdir: str | Path | None = None,
+    inputs: tuple[tables.Table, tables.Table, list[str]] | None = None,
+) -> dict[str, Any]:
     """Train from a config; returns the best validation metric and where the run is."""
-    return Trainer(cfg, workdir).fit()
+    return Trainer(cfg, workdir, inputs).fit()

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import flax
-import jax
 import numpy as np
 
 from jaxcls.errors import UserError
-from jaxcls.formats import hf_keys
+from jaxcls.formats import hf_keys, run_dir
 from jaxcls.formats.peft_dir import SCORE, Adapter, check, read
 from jaxcls.model import lora
+from jaxcls.train import checkpoints
 
 log = logging.getLogger("jaxcls")
 
@@ -71,26 +71,33 @@ def fit_score(
 
 
 def from_run(workdir: str | Path, model_path: str) -> Adapter:
-    """The adapters and score head of a jaxcls run's best checkpoint, as an ``Adapter``."""
-    from jaxcls.evaluate_run import load_run  # evaluation imports session, which imports us
+    """The adapters and score head of a jaxcls run's best checkpoint, as an ``Adapter``.
 
-    run, step = load_run(Path(workdir), "best")
-    source = f"{workdir} (step {step})"
-    if run.train_base:
+    Read straight from the checkpoint (no model is built): the run's ``config.json`` gives the
+    LoRA scale and its base, ``labels.json`` the score head's columns.
+    """
+    workdir = Path(workdir)
+    cfg = run_dir.read_config(workdir)
+    if cfg.model.train_base and not cfg.model.path:
         raise UserError(
             f"lora.init_from {workdir}: that run also trained its random-init base "
             "(model.train_base), so its adapters fit only that base; export it with "
             "python -m jaxcls.export --format merged and use the result as model.path"
         )
-    if run.cfg.model.path != model_path:
+    if cfg.model.path != model_path:
         log.warning("lora.init_from %s: trained on model.path %r, this run uses %r",
-                    workdir, run.cfg.model.path, model_path)  # fmt: skip
-    scale = lora.LoRAConfig.from_config(run.cfg.lora).scale
-    flat = flax.traverse_util.flatten_dict(jax.device_get(run.trainable["adapters"]), sep="/")
+                    workdir, cfg.model.path, model_path)  # fmt: skip
+    ckpts = checkpoints.open_checkpoints(workdir, cfg)
+    step = ckpts.resolve("best")
+    trainable = ckpts.restore_as_saved(step)["trainable"]
+    ckpts.close()
+    scale = lora.LoRAConfig.from_config(cfg.lora).scale
+    flat = flax.traverse_util.flatten_dict(trainable["adapters"], sep="/")
     modules = sorted({k.rpartition("/")[0] for k in flat})
     factors = {m: (flat[f"{m}/lora_a"], flat[f"{m}/lora_b"], scale) for m in modules}
-    score = np.asarray(run.trainable["params"]["score"]["kernel"], np.float32)
-    return Adapter(source, factors, {SCORE: score}, run.label_names, run.cfg.model.path)
+    score = np.asarray(trainable["params"]["score"]["kernel"], np.float32)
+    labels = run_dir.load_labels(workdir / run_dir.LABELS)
+    return Adapter(f"{workdir} (step {step})", factors, {SCORE: score}, labels, cfg.model.path)
 
 
 def init_from(

@@ -1,0 +1,1 @@
+"""The shipped config files (installed as ``jaxcls.configs``); see default.py for every key."""
