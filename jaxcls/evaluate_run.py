@@ -14,7 +14,7 @@ from jaxcls.data import tables
 from jaxcls.data.splits import data_paths
 from jaxcls.eval import outputs, scoring
 from jaxcls.formats import run_dir
-from jaxcls.train import restore, run_model, sharding, steps
+from jaxcls.train import restore, run_model, sharding
 
 log = logging.getLogger("jaxcls")
 
@@ -44,9 +44,7 @@ def evaluate_file(
     mesh = sharding.make_mesh(run.cfg.devices, run.cfg.mesh.fsdp)
     sharding.check_batch_size(run.cfg.train.eval_batch_size, mesh, "train.eval_batch_size")
     # Replicated outputs: every process of a multi-host job gets the whole batch's results.
-    eval_step = jax.jit(
-        steps.make_eval_step(run.model, run.lora, mesh), out_shardings=sharding.replicated(mesh)
-    )
+    eval_step = run.eval_step(mesh)
     frozen = run.place_base(mesh)
     trainable = sharding.put_params(run.trainable, mesh)
     result, raw = scoring.evaluate(
@@ -116,15 +114,24 @@ def write_outputs(
     )  # fmt: skip
 
 
-def evaluate_after_training(cfg: Any, workdir: str | Path) -> None:
+def evaluate_after_training(
+    cfg: Any, workdir: str | Path, run: run_model.RunModel | None = None
+) -> None:
     """Evaluate the best checkpoint on the run's test file: ``data.test`` as resolved in its
-    config.json (the demo's test split by default, data.split's test part in RUN/data/)."""
+    config.json (the demo's test split by default, data.split's test part in RUN/data/).
+
+    ``run``: the model training used (its base already placed, its eval step compiled),
+    given the best checkpoint's weights here; else the run is loaded from ``workdir``.
+    """
     saved = run_dir.read_config(Path(workdir)).data
     test = data_paths(saved.train, saved.val, saved.test)["test"]
     if not Path(test).is_file():
         log.info("no test file (%s); skipping the final evaluation", test)
         return
-    run, step = restore.load_run(Path(workdir), "best")
+    if run is None:
+        run, step = restore.load_run(Path(workdir), "best")
+    else:
+        step = restore.restore_trainable(run, Path(workdir), "best")
     result, raw, table = evaluate_file(run, test)
     outputs.print_summary(result, run.label_names)
     if jax.process_index() == 0:
