@@ -89,6 +89,7 @@ def step_memory(shape: str, remat: bool, batch: int = 8, seq: int = 512) -> dict
     cfg = load_config(ROOT / "configs" / "margin.py")
     cfg.model.dtype = cfg.model.param_dtype = "bfloat16"
     cfg.model.remat = remat
+    cfg.optim.lr = 2e-4  # the LoRA recipe's ("auto" is resolved by the trainer)
     config = qwen3_config(shape)
     head = HeadConfig.from_config(cfg.model, 2)
     ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
