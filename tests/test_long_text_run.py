@@ -197,3 +197,17 @@ def test_over_confident_model_gets_a_temperature_above_one(trained):
     np.testing.assert_allclose(probs, ref_softmax(z, temperature), rtol=1e-5, atol=1e-6)
     assert (probs.argmax(1) == z.argmax(1)).all()
     assert clf.predict(texts) == [clf.labels[i] for i in z.argmax(1)]
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [("data.long_text=sliding", "data.long_text"), ("data.window_stride=33", "data.window_stride"),
+     ("data.window_stride=-1", "data.window_stride")],
+)  # fmt: skip
+def test_long_text_keys_are_validated(override, key):
+    from jaxcls.config import load_config, validate_config
+    from jaxcls.errors import UserError
+
+    cfg = load_config(ROOT / "configs/tiny.py", [override])  # data.max_length=32
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        validate_config(cfg)
