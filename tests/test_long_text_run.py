@@ -13,6 +13,7 @@ from helpers_e2e import CLASS_WORDS, FILLER, write_table
 
 from jaxcls.data import batches, tables
 from jaxcls.data.tokenizer import load_tokenizer, tokenize, tokenize_rows
+from jaxcls.eval import scoring
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("neg", "pos")
@@ -113,6 +114,16 @@ def trained(tmp_path_factory):
     return workdir, paths
 
 
+@pytest.fixture(scope="module")
+def loaded(trained):
+    """(the run at its best checkpoint, that step, its ``evaluate_run.scorer``)."""
+    from jaxcls.evaluate_run import scorer
+    from jaxcls.train.restore import load_run
+
+    run, step = load_run(trained[0], "best")
+    return run, step, scorer(run)
+
+
 def per_window_average(score, dataset: batches.Dataset) -> np.ndarray:
     """Row logits from each window's own logits, averaged here with a loop over rows."""
     _, per_window = score(batches.Dataset(dataset.ids, dataset.labels))  # one entry per window
@@ -120,15 +131,12 @@ def per_window_average(score, dataset: batches.Dataset) -> np.ndarray:
     return np.stack([logits[dataset.row_index == r].mean(axis=0) for r in range(dataset.n_rows)])
 
 
-def test_windows_train_and_evaluate_per_row(trained):
+def test_windows_train_and_evaluate_per_row(trained, loaded):
     from jaxcls import Classifier
-    from jaxcls.evaluate_run import scorer
-    from jaxcls.train.restore import load_run
 
     workdir, paths = trained
-    run, step = load_run(workdir, "best")
+    run, step, score = loaded
     assert step == 4
-    score = scorer(run)
     val = run.read_table(str(paths["val"]))
     dataset = run.dataset(val)
     assert dataset.row_index is not None and len(dataset) > len(val.texts)  # texts were split
@@ -164,16 +172,18 @@ def test_temperature_fitted_after_training_and_reported(trained):
     assert "calibration/ece_after" in (workdir / "eval" / "report.html").read_text()
 
 
-def test_over_confident_model_gets_a_temperature_above_one(trained):
+def test_over_confident_model_gets_a_temperature_above_one(trained, loaded):
     from jaxcls import Classifier
-    from jaxcls.evaluate_run import evaluate_file, fit_calibration, scorer
-    from jaxcls.train.restore import load_run
+    from jaxcls.evaluate_run import evaluate_file, fit_calibration
 
     workdir, paths = trained
-    run, step = load_run(workdir, "best")
-    kernel = run.trainable["params"]["score"]["kernel"]
-    run.trainable["params"]["score"]["kernel"] = kernel * 50.0  # logits x 50: over-confident
-    score = scorer(run)
+    run, step, unscaled = loaded
+
+    def score(dataset):  # logits x 50, as from a score head (no bias) x 50: over-confident
+        _, raw = unscaled(dataset)
+        raw = {**raw, "logits": raw["logits"] * 50.0}
+        return scoring.score(raw, dataset.row_labels, run.label_names), raw
+
     temperature = fit_calibration(run, step, score)
     assert temperature > 1.0
     assert json.loads((workdir / "calibration.json").read_text())["temperature"] == temperature
