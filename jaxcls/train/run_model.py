@@ -54,8 +54,9 @@ class RunModel:
 
     def dataset(self, table: tables.Table, labelled: bool = True) -> batches.Dataset:
         names = self.label_names if labelled else None
+        data = self.cfg.data
         return batches.make_dataset(
-            table, self.tokenizer, names, self.cfg.data.max_length, self.cfg.data.template
+            table, self.tokenizer, names, data.max_length, data.template, *long_text_settings(data)
         )
 
     def read_table(self, path: str, labelled: bool = True) -> tables.Table:
@@ -95,6 +96,11 @@ class RunModel:
         trainable = self.trainable if trainable is None else trainable
         params = lora.combine(self.frozen, trainable["params"])
         return lora.merge(params, trainable["adapters"], self.lora)
+
+
+def long_text_settings(data: Any) -> tuple[str, int]:
+    """(``data.long_text``, ``data.window_stride``); a run dir from before the keys truncates."""
+    return data.get("long_text", "truncate"), int(data.get("window_stride", 0))
 
 
 def from_peft(cfg: Any, peft_path: str | Path) -> RunModel:
