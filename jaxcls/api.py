@@ -1,4 +1,9 @@
-"""``Classifier``: load a model and predict labels, probabilities and features for texts."""
+"""``Classifier``: load a model and predict labels, probabilities and features for texts.
+
+A multi-label model (a ``model.problem=multi_label`` run, or an HF dir whose config.json has
+``problem_type: multi_label_classification``) gives sigmoid probabilities and label sets cut
+at its per-label thresholds (the run's thresholds.json; 0.5 where there are none).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls.data import batches
+from jaxcls.config import is_multi_label
+from jaxcls.data import batches, label_sets, splits
 from jaxcls.data import tokenizer as tokenizer_lib
 from jaxcls.errors import UserError
-from jaxcls.formats import model_dir, peft_dir
+from jaxcls.eval.multilabel import DEFAULT_THRESHOLD, apply_thresholds, tune_thresholds
+from jaxcls.formats import hf_dir, model_dir, peft_dir, run_dir
 from jaxcls.model import layerstack
 from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
@@ -35,10 +42,20 @@ class Classifier:
         max_length: int = 512,
         template: str = "",
         batch_size: int = 16,
+        multi_label: bool = False,
+        thresholds: Sequence[float] | None = None,
+        label_sep: str = "|",
     ) -> None:
+        """``multi_label``: sigmoid outputs, label sets cut at ``thresholds`` (one per label,
+        default 0.5); ``label_sep`` joins a label set in predict's output tables."""
         if len(labels) != head.num_labels:
             raise ValueError(f"{len(labels)} labels for a head of {head.num_labels} classes")
         self.config, self.head, self.labels = config, head, list(labels)
+        self.multi_label, self.label_sep = multi_label, label_sep
+        self.thresholds = None
+        if multi_label:
+            cut = [DEFAULT_THRESHOLD] * len(labels) if thresholds is None else thresholds
+            self.thresholds = np.asarray(cut, np.float64)
         self.tokenizer, self.max_length, self.template = tokenizer, max_length, template
         self.batch_size = batch_size
         # Right padding with the tokenizer's pad token (<|endoftext|> for Qwen), else EOS.
@@ -50,7 +67,8 @@ class Classifier:
 
         def forward(params, ids, mask):
             logits, features = model.apply({"params": params}, ids, mask)
-            return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), features
+            to_probs = jax.nn.sigmoid if multi_label else jax.nn.softmax
+            return to_probs(logits.astype(jnp.float32)), features
 
         # Fixed batch size and length buckets: one compilation per bucket.
         self._forward = jax.jit(forward)
@@ -88,10 +106,14 @@ class Classifier:
 
     @classmethod
     def _from_run(cls, path: Path, ckpt: str, dtype: str, batch_size: int) -> Classifier:
-        """A training run at checkpoint ``ckpt``, with LoRA merged into plain kernels."""
-        run, _ = restore.load_run(path, ckpt)
+        """A training run at checkpoint ``ckpt``, with LoRA merged into plain kernels; a
+        multi-label run's thresholds of that checkpoint (tuned on its validation set and
+        saved when thresholds.json has none for it)."""
+        run, step = restore.load_run(path, ckpt)
         head = dataclasses.replace(run.model.head, dtype=dtype, remat=False)
-        return cls(
+        multi = is_multi_label(run.cfg)
+        saved = run_dir.load_thresholds(path, run.label_names, step) if multi else None
+        clf = cls(
             run.config,
             head,
             run.merged_params(),
@@ -100,7 +122,19 @@ class Classifier:
             max_length=run.cfg.data.max_length,
             template=run.cfg.data.template,
             batch_size=batch_size,
+            multi_label=multi,
+            thresholds=saved,
+            label_sep=run.cfg.data.get("label_sep", "") or "|",
         )
+        if multi and saved is None:
+            clf.thresholds = clf.tune_thresholds(splits.read_inputs(run.cfg.data, run.cfg.seed).val)
+            run_dir.save_thresholds(path, step, run.label_names, clf.thresholds)
+        return clf
+
+    def tune_thresholds(self, table: label_sets.Table) -> np.ndarray:
+        """Per-label thresholds maximising each label's F1 on a labelled multi-label table."""
+        targets = label_sets.encode(table, self.labels)
+        return tune_thresholds(self.predict_proba(table.texts), targets)
 
     @classmethod
     def _from_loaded(
@@ -117,9 +151,12 @@ class Classifier:
         labels = loaded.labels
         head = HeadConfig(num_labels=len(labels), dtype=dtype, param_dtype=param_dtype)
         tokenizer = tokenizer_lib.load_tokenizer(loaded.tokenizer_dir)
+        multi = hf_dir.problem_type(path) == hf_dir.MULTI_LABEL
         return cls(
-            loaded.config, head, loaded.params, tokenizer, labels, max_length, batch_size=batch_size
-        )
+            loaded.config, head, loaded.params, tokenizer, labels, max_length,
+            batch_size=batch_size, multi_label=multi,
+            thresholds=run_dir.load_thresholds(path, labels) if multi else None,
+        )  # fmt: skip
 
     def _run(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities [n, C], features [n, F]) in the order of ``texts``."""
@@ -144,12 +181,22 @@ class Classifier:
         return probs, features
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Class probabilities [n, num_labels] (float32 softmax; rows sum to 1)."""
+        """Class probabilities [n, num_labels]: float32 softmax (rows sum to 1), or for a
+        multi-label model each label's sigmoid."""
         return self._run(texts)[0]
 
-    def predict(self, texts: Sequence[str]) -> list[str]:
-        """The most probable label of each text."""
-        return [self.labels[i] for i in np.argmax(self.predict_proba(texts), axis=-1)]
+    def predict(self, texts: Sequence[str]) -> list[str] | list[list[str]]:
+        """The most probable label of each text; for a multi-label model, each text's labels
+        (those at or above their threshold, in label order)."""
+        probs = self.predict_proba(texts)
+        return self.decide(probs)
+
+    def decide(self, probs: np.ndarray) -> list[str] | list[list[str]]:
+        """``predict``'s answer from ``predict_proba``'s probabilities."""
+        if not self.multi_label:
+            return [self.labels[i] for i in np.argmax(probs, axis=-1)]
+        chosen = apply_thresholds(probs, self.thresholds)
+        return [[self.labels[c] for c in np.flatnonzero(row)] for row in chosen]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """The features the contrastive loss sees [n, F] (float32)."""

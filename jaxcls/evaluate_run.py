@@ -5,14 +5,17 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
-from jaxcls.data import tables
+from jaxcls.config import is_multi_label
+from jaxcls.data import label_sets, splits, tables
 from jaxcls.data.splits import data_paths
-from jaxcls.eval import outputs, scoring
+from jaxcls.eval import multilabel, outputs, scoring
 from jaxcls.formats import run_dir
 from jaxcls.train import restore, run_model, sharding, steps
 
@@ -22,42 +25,80 @@ log = logging.getLogger("jaxcls")
 DEFAULT_MAX_TSNE_POINTS = 3000
 
 
+def predictor(run: run_model.RunModel) -> Callable[[dict], dict]:
+    """The run's jitted eval step on its mesh: host batch -> {logits, features, nll}.
+
+    Places the run's base on the devices (once per run: build one predictor and reuse it).
+    """
+    mesh = sharding.make_mesh(run.cfg.devices, run.cfg.mesh.fsdp)
+    sharding.check_batch_size(run.cfg.train.eval_batch_size, mesh, "train.eval_batch_size")
+    # Replicated outputs: every process of a multi-host job gets the whole batch's results.
+    eval_step = jax.jit(
+        steps.make_eval_step(run.model, run.lora, mesh, is_multi_label(run.cfg)),
+        out_shardings=sharding.replicated(mesh),
+    )
+    frozen = run.place_base(mesh)
+    trainable = sharding.put_params(run.trainable, mesh)
+    return lambda batch: eval_step(trainable, frozen, sharding.put_batch(batch, mesh))
+
+
 def evaluate_file(
-    run: run_model.RunModel, path: str, table: tables.Table | None = None
+    run: run_model.RunModel,
+    path: str,
+    table: tables.Table | None = None,
+    predict: Callable[[dict], dict] | None = None,
+    thresholds: np.ndarray | None = None,
 ) -> tuple[dict, dict, tables.Table]:
     """Score the run on a labelled file: (metrics, raw outputs, the scored table); ``table``:
-    the file already read (``run.read_table(path)``).
+    the file already read (``run.read_table(path)``); ``predict``: the run's ``predictor``
+    (built here when None); ``thresholds``: a multi-label run's per-label decision thresholds.
 
     Rows whose label training never saw are not scored: they are logged and listed in the
     metrics under ``unseen_labels`` ({"count", "unit", "labels": label -> rows}).
     """
     table = table or run.read_table(path)
-    unseen = tables.check_some_known(table, run.label_names)
+    unseen = label_sets.check_some_known(table, run.label_names)
     if unseen:
-        count = sum(map(len, unseen.values()))
+        kept = label_sets.known_rows(table, run.label_names)
+        count = len(table.texts) - len(kept.texts)
         log.warning(
             "%s: %d of %d rows have labels never seen in training, not scored: %s",
             table.path, count, len(table.texts), tables.describe_unseen(table, unseen),
         )  # fmt: skip
-        table = tables.known_rows(table, run.label_names)
+        table = kept
     dataset = run.dataset(table)
-    mesh = sharding.make_mesh(run.cfg.devices, run.cfg.mesh.fsdp)
-    sharding.check_batch_size(run.cfg.train.eval_batch_size, mesh, "train.eval_batch_size")
-    # Replicated outputs: every process of a multi-host job gets the whole batch's results.
-    eval_step = jax.jit(
-        steps.make_eval_step(run.model, run.lora, mesh), out_shardings=sharding.replicated(mesh)
-    )
-    frozen = run.place_base(mesh)
-    trainable = sharding.put_params(run.trainable, mesh)
     result, raw = scoring.evaluate(
-        lambda batch: eval_step(trainable, frozen, sharding.put_batch(batch, mesh)),
-        dataset, run.cfg.train.eval_batch_size, run.pad_id, run.cfg.data.max_length,
-        run.label_names,
+        predict or predictor(run), dataset, run.cfg.train.eval_batch_size, run.pad_id,
+        run.cfg.data.max_length, run.label_names, thresholds,
     )  # fmt: skip
     if unseen:
-        count = sum(map(len, unseen.values()))
         result["unseen_labels"] = {"count": count, "unit": table.unit, "labels": unseen}
     return result, {**raw, "labels": dataset.labels}, table
+
+
+def thresholds_for(
+    run: run_model.RunModel, step: int, predict: Callable[[dict], dict]
+) -> np.ndarray | None:
+    """A multi-label run's per-label thresholds at checkpoint ``step`` (None: single-label):
+    those in its thresholds.json, else tuned for F1 on its validation set and saved there."""
+    if not is_multi_label(run.cfg):
+        return None
+    saved = run_dir.load_thresholds(run.workdir, run.label_names, step)
+    if saved is not None:
+        return np.asarray(saved)
+    val = run.dataset(splits.read_inputs(run.cfg.data, run.cfg.seed).val)
+    cfg = run.cfg
+    raw = scoring.run_dataset(
+        predict, val, cfg.train.eval_batch_size, run.pad_id, cfg.data.max_length
+    )
+    tuned = multilabel.tune_thresholds(scoring.sigmoid(raw["logits"]), val.labels)
+    if jax.process_index() == 0:
+        run_dir.save_thresholds(run.workdir, step, run.label_names, tuned)
+    log.info(
+        "thresholds of checkpoint %d tuned on %d validation rows: %s", step, len(val),
+        ", ".join(f"{n}={t:.3f}" for n, t in zip(run.label_names, tuned, strict=True)),
+    )  # fmt: skip
+    return tuned
 
 
 def version() -> str:
@@ -118,14 +159,21 @@ def write_outputs(
 
 def evaluate_after_training(cfg: Any, workdir: str | Path) -> None:
     """Evaluate the best checkpoint on the run's test file: ``data.test`` as resolved in its
-    config.json (the demo's test split by default, data.split's test part in RUN/data/)."""
-    saved = run_dir.read_config(Path(workdir)).data
-    test = data_paths(saved.train, saved.val, saved.test)["test"]
-    if not Path(test).is_file():
+    config.json (the demo's test split by default, data.split's test part in RUN/data/).
+    A multi-label run first tunes its thresholds on validation (``thresholds_for``)."""
+    saved = run_dir.read_config(Path(workdir))
+    test = data_paths(saved.data.train, saved.data.val, saved.data.test)["test"]
+    has_test = Path(test).is_file()
+    if not has_test:
         log.info("no test file (%s); skipping the final evaluation", test)
-        return
+        if not is_multi_label(saved):
+            return
     run, step = restore.load_run(Path(workdir), "best")
-    result, raw, table = evaluate_file(run, test)
+    predict = predictor(run)
+    thresholds = thresholds_for(run, step, predict)
+    if not has_test:
+        return
+    result, raw, table = evaluate_file(run, test, predict=predict, thresholds=thresholds)
     outputs.print_summary(result, run.label_names)
     if jax.process_index() == 0:
         write_outputs(run, result, raw, table, Path(workdir) / "eval", step=step)

@@ -4,7 +4,8 @@ A batch is a dict of numpy arrays (B = batch size, T = a length bucket):
 
 - ``input_ids``      [B, T] int32, right-padded with the tokenizer's pad id
 - ``attention_mask`` [B, T] int32, 1 on real tokens, 0 on padding
-- ``labels``         [B]    int32, class index (0 when the dataset has no labels)
+- ``labels``         [B]    int32, class index (0 when the dataset has no labels); a
+                     multi-label dataset's [B, C] int32 label indicators
 - ``valid``          [B]    float32, 1.0 for real samples, 0.0 for padding rows
 
 T is the smallest bucket (powers of two from 16, plus max_length) that holds the batch's
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxcls.data.tables import Table, encode_labels
+from jaxcls.data.label_sets import encode
+from jaxcls.data.tables import Table
 from jaxcls.data.tokenizer import tokenize
 from jaxcls.errors import UserError
 
@@ -35,7 +37,8 @@ SAMPLERS = ("random", "balanced")
 
 @dataclass(frozen=True)
 class Dataset:
-    """Token ids (int32, unpadded, at most max_length each) and label indices (int32 or None)."""
+    """Token ids (int32, unpadded, at most max_length each) and labels (int32 or None): class
+    indices [N], or label indicators [N, C] for a multi-label table."""
 
     ids: list[np.ndarray]
     labels: np.ndarray | None
@@ -53,7 +56,7 @@ def make_dataset(
 ) -> Dataset:
     """Tokenize a table once; labels are encoded when ``label_names`` is given."""
     ids = tokenize(table.texts, tokenizer, max_length, template, source=str(table.path))
-    labels = None if label_names is None else encode_labels(table, label_names)
+    labels = None if label_names is None else encode(table, label_names)
     return Dataset(ids=ids, labels=labels)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from jaxcls.config import VALIDATION_METRICS
 from jaxcls.data import batches
-from jaxcls.eval import metrics
+from jaxcls.eval import metrics, multilabel
 
 
 def run_dataset(
@@ -29,8 +29,29 @@ def run_dataset(
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def score(outputs: dict[str, np.ndarray], labels: np.ndarray, label_names: list[str]) -> dict:
-    """Loss, accuracy, F1s, per-class report and feature-space metrics."""
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise sigmoid in float64 (multi-label probabilities), stable for any logit."""
+    z = np.asarray(logits, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def score(
+    outputs: dict[str, np.ndarray], labels: np.ndarray, label_names: list[str],
+    thresholds: np.ndarray | None = None,
+) -> dict:  # fmt: skip
+    """Loss, accuracy, F1s, per-class report and feature-space metrics.
+
+    Multi-label (``labels`` [n, C] indicators): loss, micro/macro F1, subset accuracy, Hamming
+    loss and the per-class report of ``multilabel.multilabel_metrics``, label c predicted where
+    sigmoid(logit_c) >= ``thresholds[c]`` (default 0.5 for every label), which the result keeps.
+    """
+    if labels.ndim == 2:
+        cut = np.full(len(label_names), 0.5) if thresholds is None else np.asarray(thresholds)
+        predicted = multilabel.apply_thresholds(sigmoid(outputs["logits"]), cut)
+        result = multilabel.multilabel_metrics(labels, predicted, label_names)
+        result["loss"] = float(outputs["nll"].mean())
+        result["thresholds"] = dict(zip(label_names, cut.tolist(), strict=True))
+        return result
     predicted = outputs["logits"].argmax(axis=-1)
     result = metrics.classification_metrics(labels, predicted, label_names)
     result["loss"] = float(outputs["nll"].mean())
@@ -41,11 +62,11 @@ def score(outputs: dict[str, np.ndarray], labels: np.ndarray, label_names: list[
 
 def evaluate(
     predict: Callable[[batches.Batch], dict], dataset: batches.Dataset, batch_size: int, pad: int,
-    max_length: int, label_names: list[str],
+    max_length: int, label_names: list[str], thresholds: np.ndarray | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:  # fmt: skip
     """(``score`` of the model on a labelled dataset, its raw ``run_dataset`` outputs)."""
     raw = run_dataset(predict, dataset, batch_size, pad, max_length)
-    return score(raw, dataset.labels, label_names), raw
+    return score(raw, dataset.labels, label_names, thresholds), raw
 
 
 SCALARS = VALIDATION_METRICS
