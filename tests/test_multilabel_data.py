@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers_e2e import TINY, assert_user_error, run_entry
+
 from jaxcls.config import load_config, validate_config
 from jaxcls.data import batches, label_sets, splits
 from jaxcls.errors import UserError
@@ -143,7 +143,8 @@ def test_config_accepts_multi_label():
 
 
 def test_train_entry_point_exits_2_on_a_bad_cell(tmp_path):
-    train = write(tmp_path / "train.csv", [{"text": "a", "label": "x|"}, {"text": "b", "label": "y"}])
+    rows = [{"text": "a", "label": "x|"}, {"text": "b", "label": "y"}]
+    train = write(tmp_path / "train.csv", rows)
     result = run_entry(
         "train.py", "--config", TINY, "--config.model.problem=multi_label",
         "--config.data.label_sep=|", f"--config.data.train={train}",
