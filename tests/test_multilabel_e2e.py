@@ -165,3 +165,41 @@ def test_merged_export_matches_transformers(run, tmp_path):
     # The export loads back into jaxcls as a multi-label model with the run's thresholds.
     back = Classifier.load(out)
     assert back.multi_label and back.predict(texts) == Classifier.load(workdir).predict(texts)
+
+
+def test_predict_command_writes_label_sets(run, tmp_path, capsys):
+    from jaxcls import Classifier
+    from jaxcls.commands import predict
+
+    workdir, data, _ = run
+    source = pd.read_csv(data["test"]).head(6)
+    source.loc[2, "text"] = ""  # a blank text gets no prediction
+    source.to_csv(tmp_path / "in.csv", index=False)
+    out = tmp_path / "out.csv"
+    args = ["--workdir", str(workdir), "--input", str(tmp_path / "in.csv"), "--output", str(out)]
+    assert predict.main(args) == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == ["text", "label", "pred_labels"] + [f"prob({n})" for n in NAMES]
+    texts = [t for t in source["text"] if t]
+    expected = ["|".join(s) for s in Classifier.load(workdir).predict(texts)]
+    assert [c for i, c in enumerate(table["pred_labels"]) if i != 2] == expected
+    assert table.loc[2, "pred_labels"] == "" and table.loc[2, "prob(refund)"] == ""
+    assert predict.main(["--workdir", str(workdir), "--text", texts[0], "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["labels"] == (expected[0].split("|") if expected[0] else [])
+    assert set(record["probabilities"]) == set(NAMES)
+
+
+def test_classifier_tunes_missing_thresholds_as_training_did(run, tmp_path):
+    import shutil
+
+    from jaxcls import Classifier
+
+    workdir, _, result = run
+    copy = shutil.copytree(workdir, tmp_path / "copy")
+    (copy / "thresholds.json").unlink()
+    clf = Classifier.load(copy)
+    step = str(result["best_step"])
+    saved = json.loads((workdir / "thresholds.json").read_text())["steps"][step]
+    np.testing.assert_allclose(clf.thresholds, [saved[n] for n in NAMES], atol=1e-6)
+    assert json.loads((copy / "thresholds.json").read_text())["steps"][step] == pytest.approx(saved)
