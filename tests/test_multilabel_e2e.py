@@ -203,3 +203,19 @@ def test_classifier_tunes_missing_thresholds_as_training_did(run, tmp_path):
     saved = json.loads((workdir / "thresholds.json").read_text())["steps"][step]
     np.testing.assert_allclose(clf.thresholds, [saved[n] for n in NAMES], atol=1e-6)
     assert json.loads((copy / "thresholds.json").read_text())["steps"][step] == pytest.approx(saved)
+
+
+def test_eval_command_scores_a_file_with_the_saved_thresholds(run, tmp_path, capsys):
+    from jaxcls.commands import eval as eval_command
+
+    workdir, data, _ = run
+    rows = pd.read_csv(data["val"]).head(10)
+    rows.loc[0, "label"] = "billing|weather"  # a label training never saw: not scored
+    rows.to_csv(tmp_path / "file.csv", index=False)
+    args = ["--workdir", str(workdir), "--data", str(tmp_path / "file.csv")]
+    assert eval_command.main([*args, "--out", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["num_samples"] == 9 and metrics["unseen_labels"]["labels"] == {"weather": [2]}
+    best = json.loads((workdir / "eval" / "metrics.json").read_text())["thresholds"]
+    assert metrics["thresholds"] == best
+    assert "subset accuracy" in capsys.readouterr().out
