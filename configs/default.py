@@ -68,6 +68,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Also train the base weights when the base is random-init (model.path empty); a pretrained
     # base is always frozen and only LoRA adapters and heads train.
     config.model.train_base = True
+    # "single_label" (softmax, one label per row) or "multi_label" (sigmoid per label, a row may
+    # carry several: binary focal loss, Jaccard-weighted SupCon, per-label thresholds tuned on
+    # validation); multi_label reads its labels by data.label_sep or data.label_columns.
+    config.model.problem = "single_label"
 
     # LoRA adapters on the frozen base (peft semantics).
     config.lora = ml_collections.ConfigDict()
@@ -143,6 +147,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.text_column = ""
     # Label column; "" = found among common names (label, labels, category, class, 标签, 类别).
     config.data.label_column = ""
+    # Multi-label: the separator inside a label cell ("|" reads "billing|refund" as two labels);
+    # also joins a row's predicted labels in predict's output. "" = one label per cell.
+    config.data.label_sep = ""
+    # Multi-label: comma-separated names of 0/1 columns, one per label ("billing,refund"), read
+    # instead of data.label_column; "" = labels from the label column.
+    config.data.label_columns = ""
     # Maximum tokens per text (per window with long_text="windows").
     config.data.max_length = 128
     # Texts longer than max_length: "truncate" (keep the first tokens), "head_tail" (the first

@@ -1,4 +1,9 @@
-"""``Classifier``: load a model and predict labels, probabilities and features for texts."""
+"""``Classifier``: load a model and predict labels, probabilities and features for texts.
+
+A multi-label model (a ``model.problem=multi_label`` run, or an HF dir whose config.json has
+``problem_type: multi_label_classification``) gives sigmoid probabilities and label sets cut
+at its per-label thresholds (the run's thresholds.json; 0.5 where there are none).
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls.data import batches
+from jaxcls.config import is_multi_label
+from jaxcls.data import batches, label_sets, splits
 from jaxcls.data import tokenizer as tokenizer_lib
 from jaxcls.data.long_text import average_by_row
 from jaxcls.errors import UserError
 from jaxcls.eval import calibration
-from jaxcls.formats import model_dir, peft_dir, run_dir
+from jaxcls.eval.multilabel import DEFAULT_THRESHOLD, apply_thresholds, tune_thresholds
+from jaxcls.formats import hf_dir, model_dir, peft_dir, run_dir
 from jaxcls.model import layerstack
 from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
@@ -40,12 +47,22 @@ class Classifier:
         long_text: str = "truncate",
         window_stride: int = 0,
         temperature: float = 1.0,
+        multi_label: bool = False,
+        thresholds: Sequence[float] | None = None,
+        label_sep: str = "|",
     ) -> None:
         """``long_text``, ``window_stride``: as the config keys data.*; ``temperature``: the
-        probabilities are softmax(logits / temperature) (a run's calibration.json)."""
+        probabilities are softmax(logits / temperature) (a run's calibration.json);
+        ``multi_label``: sigmoid outputs, label sets cut at ``thresholds`` (one per label,
+        default 0.5); ``label_sep`` joins a label set in predict's output tables."""
         if len(labels) != head.num_labels:
             raise ValueError(f"{len(labels)} labels for a head of {head.num_labels} classes")
         self.config, self.head, self.labels = config, head, list(labels)
+        self.multi_label, self.label_sep = multi_label, label_sep
+        self.thresholds = None
+        if multi_label:
+            cut = [DEFAULT_THRESHOLD] * len(labels) if thresholds is None else thresholds
+            self.thresholds = np.asarray(cut, np.float64)
         self.tokenizer, self.max_length, self.template = tokenizer, max_length, template
         self.batch_size, self.long_text, self.window_stride = batch_size, long_text, window_stride
         self.temperature = float(temperature)
@@ -96,12 +113,15 @@ class Classifier:
 
     @classmethod
     def _from_run(cls, path: Path, ckpt: str, dtype: str, batch_size: int) -> Classifier:
-        """A training run at checkpoint ``ckpt``, with LoRA merged into plain kernels and the
-        run's temperature when it was fitted on this checkpoint."""
+        """A training run at checkpoint ``ckpt``, with LoRA merged into plain kernels, the run's
+        temperature when it was fitted on this checkpoint, and a multi-label run's thresholds of
+        that checkpoint (tuned on its validation set and saved when thresholds.json has none)."""
         run, step = restore.load_run(path, ckpt)
         head = dataclasses.replace(run.model.head, dtype=dtype, remat=False)
         long_text, stride = run_model.long_text_settings(run.cfg.data)
-        return cls(
+        multi = is_multi_label(run.cfg)
+        saved = run_dir.load_thresholds(path, run.label_names, step) if multi else None
+        clf = cls(
             run.config,
             head,
             run.merged_params(),
@@ -113,7 +133,19 @@ class Classifier:
             long_text=long_text,
             window_stride=stride,
             temperature=run_dir.load_temperature(path, step) or 1.0,
+            multi_label=multi,
+            thresholds=saved,
+            label_sep=run.cfg.data.get("label_sep", "") or "|",
         )
+        if multi and saved is None:
+            clf.thresholds = clf.tune_thresholds(splits.read_inputs(run.cfg.data, run.cfg.seed).val)
+            run_dir.save_thresholds(path, step, run.label_names, clf.thresholds)
+        return clf
+
+    def tune_thresholds(self, table: label_sets.Table) -> np.ndarray:
+        """Per-label thresholds maximising each label's F1 on a labelled multi-label table."""
+        targets = label_sets.encode(table, self.labels)
+        return tune_thresholds(self.predict_proba(table.texts), targets)
 
     @classmethod
     def _from_loaded(
@@ -130,9 +162,12 @@ class Classifier:
         labels = loaded.labels
         head = HeadConfig(num_labels=len(labels), dtype=dtype, param_dtype=param_dtype)
         tokenizer = tokenizer_lib.load_tokenizer(loaded.tokenizer_dir)
+        multi = hf_dir.problem_type(path) == hf_dir.MULTI_LABEL
         return cls(
-            loaded.config, head, loaded.params, tokenizer, labels, max_length, batch_size=batch_size
-        )
+            loaded.config, head, loaded.params, tokenizer, labels, max_length,
+            batch_size=batch_size, multi_label=multi,
+            thresholds=run_dir.load_thresholds(path, labels) if multi else None,
+        )  # fmt: skip
 
     def _run(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(logits [n, C], features [n, F]) in the order of ``texts``; a text split into
@@ -168,12 +203,24 @@ class Classifier:
         return self._run(texts)[0]
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Class probabilities [n, num_labels]: float32 softmax(logits / self.temperature)."""
-        return calibration.softmax(self._run(texts)[0], self.temperature).astype(np.float32)
+        """Class probabilities [n, num_labels] (float32): softmax(logits / self.temperature)
+        (rows sum to 1), or for a multi-label model each label's sigmoid."""
+        logits = self.predict_logits(texts)
+        if self.multi_label:
+            return calibration.sigmoid(logits).astype(np.float32)
+        return calibration.softmax(logits, self.temperature).astype(np.float32)
 
-    def predict(self, texts: Sequence[str]) -> list[str]:
-        """The most probable label of each text."""
-        return [self.labels[i] for i in np.argmax(self.predict_logits(texts), axis=-1)]
+    def predict(self, texts: Sequence[str]) -> list[str] | list[list[str]]:
+        """The most probable label of each text; for a multi-label model, each text's labels
+        (those at or above their threshold, in label order)."""
+        return self.decide(self.predict_proba(texts))
+
+    def decide(self, probs: np.ndarray) -> list[str] | list[list[str]]:
+        """``predict``'s answer from ``predict_proba``'s probabilities."""
+        if not self.multi_label:
+            return [self.labels[i] for i in np.argmax(probs, axis=-1)]
+        chosen = apply_thresholds(probs, self.thresholds)
+        return [[self.labels[c] for c in np.flatnonzero(row)] for row in chosen]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """The features the contrastive loss sees [n, F] (float32)."""

@@ -18,6 +18,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "model.pooling": ("last", "mean"),
+    "model.problem": ("single_label", "multi_label"),
     "loss.classification": ("focal", "ce"),
     "contrastive.loss": ("none", "simple", "focal", "margin"),
     "contrastive.scope": ("global", "local"),
@@ -44,12 +45,16 @@ _NON_NEGATIVE = (
     "eval.max_tsne_points data.window_stride"
 ).split()
 _BELOW_ONE = ("lora.dropout", "loss.label_smoothing", "optim.warmup_ratio")
+# What a multi-label validation logs (the rest of VALIDATION_METRICS are single-label's).
+MULTI_LABEL_METRICS = ("loss", "macro_f1", "micro_f1", "subset_accuracy")
 # What a validation logs (jaxcls.eval.scoring computes them); train.best_metric names one.
 VALIDATION_METRICS = (
     "loss",
     "accuracy",
     "macro_f1",
     "weighted_f1",
+    "micro_f1",
+    "subset_accuracy",
     "intra_sim",
     "inter_sim",
     "sim_gap",
@@ -170,6 +175,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         raise UserError("config key 'data.template' must contain the placeholder {text}")
     _check_contrastive(cfg.contrastive)
     _check_train(cfg)
+    _check_problem(cfg)
     parse_loggers(cfg.train.loggers)
     parse_split(cfg.data.split)
     if cfg.data.split and not cfg.data.train:
@@ -217,6 +223,66 @@ def _check_train(cfg: ml_collections.ConfigDict) -> None:
         raise UserError(
             f"config key 'distributed.process_id' is {dist.process_id}; use -1 (auto) or "
             f"0..{dist.num_processes - 1}"
+        )
+
+
+def is_multi_label(cfg: ml_collections.ConfigDict) -> bool:
+    """``model.problem`` is multi_label (a run dir written before the key is single-label)."""
+    return cfg.model.get("problem", "single_label") == "multi_label"
+
+
+def label_columns(data: ml_collections.ConfigDict) -> list[str]:
+    """The names of ``data.label_columns`` ([] when unset or written before the key)."""
+    return [name.strip() for name in data.get("label_columns", "").split(",") if name.strip()]
+
+
+def _check_problem(cfg: ml_collections.ConfigDict) -> None:
+    """Key combinations that a single- or multi-label run cannot use."""
+    data, columns = cfg.data, label_columns(cfg.data)
+    if not is_multi_label(cfg):
+        for key in ("label_sep", "label_columns"):
+            if data[key]:
+                raise UserError(
+                    f"config key 'data.{key}' reads several labels per row; set "
+                    "model.problem=multi_label, or leave it empty"
+                )
+        return
+    if not data.label_sep and not columns:
+        raise UserError(
+            "model.problem=multi_label reads label sets: set data.label_sep (e.g. '|' for "
+            "'billing|refund' cells) or data.label_columns (names of 0/1 columns)"
+        )
+    if columns and data.label_column:
+        raise UserError(
+            "config keys 'data.label_columns' and 'data.label_column' both name labels; keep one"
+        )
+    if len(set(columns)) != len(columns):
+        raise UserError(f"config key 'data.label_columns' repeats a name: {data.label_columns!r}")
+    rules = {
+        "data.sampler": (
+            data.sampler == "balanced",
+            "draws classes of one label per row; use random",
+        ),
+        "contrastive.loss": (
+            cfg.contrastive.loss in ("focal", "margin"),
+            "has no multi-label form; use simple (Jaccard-weighted SupCon) or none",
+        ),
+        "loss.label_smoothing": (cfg.loss.label_smoothing > 0, "is single-label only; use 0"),
+        "train.best_metric": (
+            cfg.train.best_metric.removeprefix("val/") not in MULTI_LABEL_METRICS,
+            "is not logged by a multi-label validation; use one of: "
+            + ", ".join(f"val/{m}" for m in MULTI_LABEL_METRICS),
+        ),
+    }
+    for key, (bad, why) in rules.items():
+        if bad:
+            raise UserError(f"config key '{key}' is {_lookup(cfg, key)!r}, which {why}")
+    alpha = cfg.loss.focal_alpha.strip()
+    if alpha == "balanced" or any(a > 1 for a in parse_focal_alpha(alpha, None) or []):
+        raise UserError(
+            f"config key 'loss.focal_alpha' is {alpha!r}; multi-label alpha weighs each label's "
+            "positives by alpha and negatives by 1 - alpha: give numbers in (0, 1], one per label "
+            "(labels.json order)"
         )
 
 

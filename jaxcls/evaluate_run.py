@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
-from jaxcls.data import batches, splits, tables
+from jaxcls.config import is_multi_label
+from jaxcls.data import batches, label_sets, splits, tables
 from jaxcls.data.splits import data_paths
-from jaxcls.eval import calibration, outputs, scoring
+from jaxcls.eval import calibration, multilabel, outputs, scoring
 from jaxcls.formats import run_dir
 from jaxcls.train import restore, run_model, sharding
 
@@ -23,23 +25,40 @@ log = logging.getLogger("jaxcls")
 DEFAULT_MAX_TSNE_POINTS = 3000
 
 
-Scorer = Callable[[batches.Dataset], tuple[dict, dict]]
+Predict = Callable[[dict], dict]
+# score(dataset, thresholds=None) -> (``scoring.score`` result, raw outputs)
+Scorer = Callable[..., tuple[dict, dict]]
 
 
-def scorer(run: run_model.RunModel) -> Scorer:
-    """``scoring.evaluate`` of the run's model on a labelled dataset (the base is placed on the
-    devices once, and the eval step compiles once per shape, for any number of datasets)."""
+def predictor(run: run_model.RunModel) -> Predict:
+    """The run's jitted eval step on its mesh: host batch -> {logits, features, nll}.
+
+    The base is placed on the devices once (``RunModel.place_base``), and the eval step
+    compiles once per mesh and shape (``RunModel.eval_step``, shared with training's
+    validation), for any number of batches and datasets.
+    """
     mesh = sharding.make_mesh(run.cfg.devices, run.cfg.mesh.fsdp)
     sharding.check_batch_size(run.cfg.train.eval_batch_size, mesh, "train.eval_batch_size")
     # Replicated outputs: every process of a multi-host job gets the whole batch's results.
     eval_step = run.eval_step(mesh)
     frozen = run.place_base(mesh)
     trainable = sharding.put_params(run.trainable, mesh)
-    return lambda dataset: scoring.evaluate(
-        lambda batch: eval_step(trainable, frozen, sharding.put_batch(batch, mesh)),
-        dataset, run.cfg.train.eval_batch_size, run.pad_id, run.cfg.data.max_length,
-        run.label_names,
-    )  # fmt: skip
+    return lambda batch: eval_step(trainable, frozen, sharding.put_batch(batch, mesh))
+
+
+def scorer(run: run_model.RunModel) -> Scorer:
+    """``scoring.evaluate`` of the run's ``predictor`` on a labelled dataset (with a multi-label
+    run's per-label ``thresholds``, default 0.5): one placed base and one compiled eval step for
+    any number of datasets."""
+    predict, cfg = predictor(run), run.cfg
+
+    def score(dataset: batches.Dataset, thresholds: np.ndarray | None = None) -> tuple:
+        return scoring.evaluate(
+            predict, dataset, cfg.train.eval_batch_size, run.pad_id, cfg.data.max_length,
+            run.label_names, thresholds,
+        )  # fmt: skip
+
+    return score
 
 
 def evaluate_file(
@@ -48,44 +67,56 @@ def evaluate_file(
     table: tables.Table | None = None,
     temperature: float | None = None,
     score: Scorer | None = None,
+    thresholds: np.ndarray | None = None,
 ) -> tuple[dict, dict, tables.Table]:
     """Score the run on a labelled file: (metrics, raw outputs, the scored table); ``table``:
     the file already read (``run.read_table(path)``); ``temperature``: the run's fitted one
-    (None: not calibrated), for the ``calibration`` entry; ``score``: a ``scorer(run)``.
+    (None: not calibrated), for the ``calibration`` entry of a single-label run; ``score``: a
+    ``scorer(run)``; ``thresholds``: a multi-label run's per-label decision thresholds.
 
     Rows whose label training never saw are not scored: they are logged and listed in the
     metrics under ``unseen_labels`` ({"count", "unit", "labels": label -> rows}).
     """
     table = table or run.read_table(path)
-    unseen = tables.check_some_known(table, run.label_names)
+    unseen = label_sets.check_some_known(table, run.label_names)
     if unseen:
-        count = sum(map(len, unseen.values()))
+        kept = label_sets.known_rows(table, run.label_names)
+        count = len(table.texts) - len(kept.texts)
         log.warning(
             "%s: %d of %d rows have labels never seen in training, not scored: %s",
             table.path, count, len(table.texts), tables.describe_unseen(table, unseen),
         )  # fmt: skip
-        table = tables.known_rows(table, run.label_names)
+        table = kept
     dataset = run.dataset(table)
-    result, raw = (score or scorer(run))(dataset)
+    result, raw = (score or scorer(run))(dataset, thresholds)
     labels = dataset.row_labels
-    # ECE (15 bins) and NLL of the test logits before and after the temperature.
-    report = calibration.calibration_report(raw["logits"], labels, temperature or 1.0)
-    result["calibration"] = {**report, "temperature": temperature}
+    if labels.ndim == 1:
+        # ECE (15 bins) and NLL of the test logits before and after the temperature.
+        report = calibration.calibration_report(raw["logits"], labels, temperature or 1.0)
+        result["calibration"] = {**report, "temperature": temperature}
     if unseen:
-        count = sum(map(len, unseen.values()))
         result["unseen_labels"] = {"count": count, "unit": table.unit, "labels": unseen}
     return result, {**raw, "labels": labels}, table
 
 
+def calibrates(cfg: Any) -> bool:
+    """``eval.calibrate`` of a run, never for a multi-label run (logged): the thresholds tuned
+    on validation decide its labels, and its probabilities stay the plain sigmoids."""
+    if not bool(cfg.get("eval", {}).get("calibrate", False)):
+        return False
+    if is_multi_label(cfg):
+        log.info("calibration: eval.calibrate is not applied to a multi-label run; skipped")
+        return False
+    return True
+
+
 def fit_calibration(run: run_model.RunModel, step: int, score: Scorer) -> float | None:
     """Fit the temperature of checkpoint ``step`` on the run's validation set and save it in
-    calibration.json; None (and no file) with ``eval.calibrate`` off.
-
-    A multi-label run would fit one temperature per class here
-    (``calibration.fit_temperatures_multilabel``) and store the list.
+    calibration.json; None (and no file) with ``eval.calibrate`` off or for a multi-label run
+    (its labels are decided by the thresholds tuned on validation; not calibrated, logged).
     """
     path = Path(run.workdir) / run_dir.CALIBRATION
-    if not bool(run.cfg.get("eval", {}).get("calibrate", False)):
+    if not calibrates(run.cfg):
         if jax.process_index() == 0:
             path.unlink(missing_ok=True)  # a temperature of an earlier fit no longer applies
         return None
@@ -110,6 +141,26 @@ def fit_calibration(run: run_model.RunModel, step: int, score: Scorer) -> float 
         temperature, len(labels), fit["nll_before"], fit["nll_after"], path,
     )  # fmt: skip
     return temperature
+
+
+def thresholds_for(run: run_model.RunModel, step: int, score: Scorer) -> np.ndarray | None:
+    """A multi-label run's per-label thresholds at checkpoint ``step`` (None: single-label):
+    those in its thresholds.json, else tuned for F1 on its validation set and saved there."""
+    if not is_multi_label(run.cfg):
+        return None
+    saved = run_dir.load_thresholds(run.workdir, run.label_names, step)
+    if saved is not None:
+        return np.asarray(saved)
+    val = run.dataset(splits.read_inputs(run.cfg.data, run.cfg.seed).val)
+    _, raw = score(val)
+    tuned = multilabel.tune_thresholds(calibration.sigmoid(raw["logits"]), val.row_labels)
+    if jax.process_index() == 0:
+        run_dir.save_thresholds(run.workdir, step, run.label_names, tuned)
+    log.info(
+        "thresholds of checkpoint %d tuned on %d validation rows: %s", step, val.n_rows,
+        ", ".join(f"{n}={t:.3f}" for n, t in zip(run.label_names, tuned, strict=True)),
+    )  # fmt: skip
+    return tuned
 
 
 def version() -> str:
@@ -171,9 +222,10 @@ def write_outputs(
 def evaluate_after_training(
     cfg: Any, workdir: str | Path, run: run_model.RunModel | None = None
 ) -> None:
-    """Fit the best checkpoint's temperature on validation (``eval.calibrate``), then evaluate
-    it on the run's test file: ``data.test`` as resolved in its config.json (the demo's test
-    split by default, data.split's test part in RUN/data/).
+    """Fit the best checkpoint's temperature on validation (``eval.calibrate``), or tune a
+    multi-label run's thresholds there (``thresholds_for``), then evaluate it on the run's test
+    file: ``data.test`` as resolved in its config.json (the demo's test split by default,
+    data.split's test part in RUN/data/).
 
     ``run``: the model training used (its base already placed, its eval step compiled),
     given the best checkpoint's weights here; else the run is loaded from ``workdir``.
@@ -184,7 +236,7 @@ def evaluate_after_training(
     if not has_test:
         log.info("no test file (%s); skipping the final evaluation", test)
     calibrate = bool(saved.get("eval", {}).get("calibrate", False))
-    if not has_test and not calibrate:
+    if not (has_test or calibrate or is_multi_label(saved)):
         return
     if run is None:
         run, step = restore.load_run(Path(workdir), "best")
@@ -192,9 +244,10 @@ def evaluate_after_training(
         step = restore.restore_trainable(run, Path(workdir), "best")
     score = scorer(run)
     temperature = fit_calibration(run, step, score)
+    thresholds = thresholds_for(run, step, score)
     if not has_test:
         return
-    result, raw, table = evaluate_file(run, test, temperature=temperature, score=score)
+    result, raw, table = evaluate_file(run, test, None, temperature, score, thresholds)
     outputs.print_summary(result, run.label_names)
     if jax.process_index() == 0:
         write_outputs(run, result, raw, table, Path(workdir) / "eval", step=step)

@@ -15,9 +15,11 @@ not), it is written as ``OUT/base`` and named as the adapter's base.
 for transformers or vLLM. Tensor names go through ``jaxcls.formats.hf_keys``, the converter's
 table.
 The projection head and the contrastive loss state are training-only and are not exported.
-Both formats give the model's raw logits: the temperature a run fitted on validation
+Both formats give the model's raw logits: the temperature a single-label run fitted on validation
 (``RUN/calibration.json``, config key eval.calibrate) is not folded in; divide the logits by its
 ``temperature`` before the softmax for the calibrated probabilities of ``predict.py``.
+A multi-label run's ``config.json`` has ``problem_type: multi_label_classification`` (so
+transformers applies a sigmoid per label), and its tuned thresholds go to ``thresholds.json``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import jax
 import numpy as np
 
 from jaxcls import cli
+from jaxcls.config import is_multi_label
 from jaxcls.files import atomic_dir
 from jaxcls.formats import hf_dir, model_dir, peft_dir, run_dir
 from jaxcls.model import lora
@@ -58,10 +61,14 @@ def _param_dtype(params: Any) -> str:
     return np.dtype(jax.tree_util.tree_leaves(params["model"])[0].dtype).name
 
 
-def write(run: Any, fmt: str, out: Path, dtype: str | None = None) -> Path:
+def write(
+    run: Any, fmt: str, out: Path, dtype: str | None = None, thresholds: list | None = None
+) -> Path:
     """Write a loaded run (``restore.load_run``) as ``fmt`` (peft | merged) into ``out``,
-    atomically: built in a temporary dir, renamed when complete."""
+    atomically: built in a temporary dir, renamed when complete; ``thresholds``: a
+    multi-label run's per-label decision thresholds, written to ``thresholds.json``."""
     out = Path(out).absolute()
+    problem = hf_dir.MULTI_LABEL if is_multi_label(run.cfg) else None
     model_dir.check_out_dir(out)
     left = [k for k in ("projection",) if k in run.trainable["params"]]
     left += [f"extra/{k}" for k in run.trainable.get("extra", {})]
@@ -71,7 +78,7 @@ def write(run: Any, fmt: str, out: Path, dtype: str | None = None) -> Path:
         if fmt == "merged":
             params = jax.device_get(run.merged_params())
             dtype = dtype or _param_dtype(params)
-            hf_dir.write_hf(tmp, run.config, params, run.label_names, run.tokenizer, dtype)
+            hf_dir.write_hf(tmp, run.config, params, run.label_names, run.tokenizer, dtype, problem)
         else:
             base = _hf_base(run)
             if base is None:
@@ -90,7 +97,11 @@ def write(run: Any, fmt: str, out: Path, dtype: str | None = None) -> Path:
             # The classifier's config next to the adapter: AutoConfig.from_pretrained(out) gives
             # the base num_labels, id2label and pad_token_id (a causal-LM base has none of them).
             base_dtype = dtype or _param_dtype(run.frozen or run.trainable["params"])
-            hf_dir.write_config(tmp, run.config, run.label_names, run.tokenizer, base_dtype)
+            hf_dir.write_config(
+                tmp, run.config, run.label_names, run.tokenizer, base_dtype, problem
+            )
+        if thresholds is not None:
+            run_dir.save_thresholds(tmp, None, run.label_names, thresholds)
     return out
 
 
@@ -98,7 +109,13 @@ def export(workdir: Path, ckpt: str, fmt: str, out: Path, dtype: str | None = No
     """Load run ``workdir`` at ``ckpt`` and write it as ``fmt`` into ``out``."""
     model_dir.check_out_dir(Path(out))  # before the slow load
     run, step = restore.load_run(Path(workdir), ckpt)
-    write(run, fmt, out, dtype)
+    thresholds = run_dir.load_thresholds(Path(workdir), run.label_names, step)
+    if is_multi_label(run.cfg) and thresholds is None:
+        log.warning(
+            "no thresholds.json entry for step %d (eval.py tunes and saves them): the export "
+            "has none, and predictions from it cut at 0.5", step,
+        )  # fmt: skip
+    write(run, fmt, out, dtype, thresholds)
     log.info("exported %s step %d as %s to %s", workdir, step, fmt, out)
     return Path(out)
 

@@ -93,3 +93,23 @@ def test_average_by_row_rejects_missing_rows_and_bad_shapes():
         average_by_row(np.zeros((2, 3)), np.array([0, 3]), 3)
     with pytest.raises(ValueError, match=r"\[W, C\]"):
         average_by_row(np.zeros((2,)), np.array([0, 1]), 2)
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_window_outputs_average_to_rows_for_both_problems(multi_label):
+    from jaxcls.data.batches import Dataset
+    from jaxcls.eval.scoring import by_row
+    from jaxcls.train.objectives import nll
+
+    rng = np.random.default_rng(3)
+    row_index = np.array([0, 0, 0, 1, 2, 2])
+    row_labels = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 1]]) if multi_label else np.array([2, 0, 1])
+    dataset = Dataset(ids=[np.zeros(1, np.int32)] * 6, labels=row_labels[row_index],
+                      row_index=row_index)  # fmt: skip
+    raw = {"logits": rng.normal(size=(6, 3)), "features": rng.normal(size=(6, 4))}
+    out = by_row(raw, dataset)
+    logits = np.stack([raw["logits"][row_index == r].mean(axis=0) for r in range(3)])
+    np.testing.assert_allclose(out["logits"], logits, rtol=1e-6)
+    # The NLL of the averaged logits, as the eval step computes it per sequence.
+    expected = np.asarray(nll(multi_label, logits.astype(np.float32), row_labels))
+    np.testing.assert_allclose(out["nll"], expected, rtol=1e-4, atol=1e-5)

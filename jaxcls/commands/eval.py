@@ -16,7 +16,7 @@ from pathlib import Path
 
 from jaxcls import cli, config_files
 from jaxcls.config import load_config
-from jaxcls.data import tables
+from jaxcls.data import label_sets
 from jaxcls.data.splits import data_paths
 from jaxcls.errors import UserError
 from jaxcls.formats import run_dir
@@ -72,9 +72,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "jaxcls eval") -> int:
     path = args.data or own_test
     if not path:
         raise UserError("the run has no data.test; pass --data FILE")
-    table = tables.read_table(path, cfg.data.text_column, cfg.data.label_column)
+    fmt = label_sets.label_format(cfg.data)
+    table = label_sets.read_labelled(path, cfg.data.text_column, cfg.data.label_column, fmt)
     if labels is not None:
-        tables.check_some_known(table, labels)
+        label_sets.check_some_known(table, labels)
     out = Path(args.out) if args.out else out_dir(workdir, path, own_test)
 
     from jaxcls import evaluate_run
@@ -90,7 +91,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "jaxcls eval") -> int:
         what = f"checkpoint {step}"
         # The run's temperature when fitted on this checkpoint (None: uncalibrated).
         temperature = run_dir.load_temperature(workdir, step)
-    result, outputs, table = evaluate_run.evaluate_file(run, path, table, temperature)
+    score = evaluate_run.scorer(run)
+    thresholds = None if step is None else evaluate_run.thresholds_for(run, step, score)
+    result, outputs, table = evaluate_run.evaluate_file(
+        run, path, table, temperature, score, thresholds
+    )
     print_summary(result, run.label_names)
     evaluate_run.write_outputs(run, result, outputs, table, out, step=step)
     print(f"{what} on {path}: metrics, predictions and report.html in {out}")

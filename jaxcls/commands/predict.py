@@ -6,7 +6,9 @@
   jaxcls predict --lora_model ./output/best_model --base models/qwen3-1.7b --input new.xlsx
 
 --output gets every column of --input, in order, then pred_label, pred_prob (and top2_label,
-top2_prob, ... with --top_k); a row with a blank text gets empty predictions.
+top2_prob, ... with --top_k); a row with a blank text gets empty predictions. A multi-label
+model writes pred_labels (the labels at or above their thresholds, joined by the run's
+data.label_sep, "|" by default) and prob(<label>) for every label.
 """
 
 from __future__ import annotations
@@ -85,14 +87,36 @@ def main(argv: Sequence[str] | None = None, prog: str = "jaxcls predict") -> int
         clf = Classifier.load(run[0], run[1], batch_size=args.batch_size)
     if args.top_k > len(clf.labels):
         raise UserError(f"--top_k {args.top_k}: the model has {len(clf.labels)} labels")
+    if clf.multi_label and args.top_k > 1:
+        raise UserError("--top_k: a multi-label model predicts label sets; drop --top_k")
     probs = clf.predict_proba(inputs.to_classify)
-    table = predictions.frame(inputs, probs, clf.labels, args.top_k)
+    if clf.multi_label:
+        chosen = clf.decide(probs)
+        table = predictions.label_set_frame(inputs, probs, chosen, clf.labels, clf.label_sep)
+    else:
+        table = predictions.frame(inputs, probs, clf.labels, args.top_k)
     if args.output:
         predictions.write(args.output, table)
         print(f"{len(table)} rows with predictions written to {args.output}", file=sys.stderr)
-    if args.json or not args.output:
+    if (args.json or not args.output) and clf.multi_label:
+        print_sets(inputs.texts, iter(zip(chosen, probs, strict=True)), clf, args.json)
+    elif args.json or not args.output:
         print_rows(inputs.texts, iter(probs), clf.labels, args.json)
     return 0
+
+
+def print_sets(texts: list[str], rows, clf, as_json: bool) -> None:
+    """Multi-label lines: ``labels joined by label_sep<TAB>text``, or a JSON object."""
+    for text in texts:
+        chosen, probs = next(rows) if text else (None, None)
+        if as_json:
+            scores = None
+            if probs is not None:
+                scores = {n: round(float(p), 6) for n, p in zip(clf.labels, probs, strict=True)}
+            record = {"text": text, "labels": chosen, "probabilities": scores}
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(f"{'' if chosen is None else clf.label_sep.join(chosen)}\t{text}")
 
 
 def print_rows(texts: list[str], probs, labels: list[str], as_json: bool) -> None:

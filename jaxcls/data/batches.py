@@ -4,7 +4,8 @@ A batch is a dict of numpy arrays (B = batch size, T = a length bucket):
 
 - ``input_ids``      [B, T] int32, right-padded with the tokenizer's pad id
 - ``attention_mask`` [B, T] int32, 1 on real tokens, 0 on padding
-- ``labels``         [B]    int32, class index (0 when the dataset has no labels)
+- ``labels``         [B]    int32, class index (0 when the dataset has no labels); a
+                     multi-label dataset's [B, C] int32 label indicators
 - ``valid``          [B]    float32, 1.0 for real samples, 0.0 for padding rows
 
 T is the smallest bucket (powers of two from 16, plus max_length) that holds the batch's
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxcls.data.tables import Table, encode_labels
+from jaxcls.data.label_sets import encode
+from jaxcls.data.tables import Table
 from jaxcls.data.tokenizer import tokenize_rows
 from jaxcls.errors import UserError
 
@@ -35,7 +37,8 @@ SAMPLERS = ("random", "balanced")
 
 @dataclass(frozen=True)
 class Dataset:
-    """Token ids (int32, unpadded, at most max_length each) and label indices (int32 or None).
+    """Token ids (int32, unpadded, at most max_length each) and labels (int32 or None): class
+    indices [N], or label indicators [N, C] for a multi-label table.
 
     With ``data.long_text = windows`` a sequence is a window of a row: ``row_index`` [W] gives
     its row (windows of a row are consecutive) and ``labels`` are the rows' labels per window.
@@ -70,11 +73,11 @@ def make_dataset(
     long_text: str = "truncate", stride: int = 0,
 ) -> Dataset:  # fmt: skip
     """Tokenize a table once (``tokenize_rows``); labels are encoded when ``label_names`` is
-    given, and every window of a row carries the row's label."""
+    given (``label_sets.encode``), and every window of a row carries the row's labels."""
     ids, row_index = tokenize_rows(
         table.texts, tokenizer, max_length, template, str(table.path), long_text, stride
     )
-    labels = None if label_names is None else encode_labels(table, label_names)
+    labels = None if label_names is None else encode(table, label_names)
     if labels is not None and row_index is not None:
         labels = labels[row_index]
     return Dataset(ids=ids, labels=labels, row_index=row_index)

@@ -3,6 +3,8 @@
 Output columns: every input column in order, then ``pred_label`` and ``pred_prob`` (the most
 probable label and its probability) and, with ``top_k`` > 1, ``top2_label``, ``top2_prob``, ...
 A row with a blank text gets empty predictions, so the output lines up with the input.
+A multi-label model's table (:func:`label_set_frame`) has ``pred_labels`` (the predicted set,
+joined by the run's ``data.label_sep``) and one ``prob(<label>)`` column per label.
 """
 
 from __future__ import annotations
@@ -105,6 +107,29 @@ def frame(inputs: Inputs, probs: np.ndarray, labels: Sequence[str], top_k: int =
             cells[prob_col].append(None if i is None else float(probs[i, order[i, k]]))
     for name, values in cells.items():
         out[name] = pd.Series(values, index=out.index, dtype=object if "label" in name else float)
+    return out
+
+
+def label_set_frame(
+    inputs: Inputs, probs: np.ndarray, chosen: Sequence[Sequence[str]], labels: Sequence[str],
+    sep: str,
+) -> pd.DataFrame:  # fmt: skip
+    """The input rows with ``pred_labels`` (each row's ``chosen`` labels joined by ``sep``)
+    and ``prob(<label>)`` per label; ``probs`` [n texts to classify, labels]."""
+    names = ["pred_labels", *(f"prob({label})" for label in labels)]
+    out = inputs.frame.copy()
+    replaced = [c for c in names if c in out.columns]
+    if replaced:
+        log.warning("the input's columns %s are replaced by the new predictions", replaced)
+        out = out.drop(columns=replaced)
+    where = np.flatnonzero([bool(t) for t in inputs.texts])
+    cells = np.full(len(inputs.texts), None, dtype=object)
+    cells[where] = [sep.join(row) for row in chosen]
+    out["pred_labels"] = pd.Series(cells, index=out.index, dtype=object)
+    for c, label in enumerate(labels):
+        column = np.full(len(inputs.texts), np.nan)
+        column[where] = probs[:, c]
+        out[f"prob({label})"] = pd.Series(column, index=out.index, dtype=float)
     return out
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from jaxcls.config import parse_split
-from jaxcls.data import tables
+from jaxcls.data import label_sets, tables
 from jaxcls.data.demo import ensure_demo_data
 from jaxcls.errors import UserError
 from jaxcls.files import write_text_atomic
@@ -65,17 +65,19 @@ def split_parts(table: tables.Table, fractions: list[float], seed: int) -> dict[
 
 
 def write_parts(
-    parts: dict[str, tables.Table], folder: Path, source: str, spec: str, seed: int
-) -> dict[str, str]:
+    parts: dict[str, tables.Table], folder: Path, source: str, spec: str, seed: int,
+    fmt: label_sets.LabelFormat = label_sets.SINGLE,
+) -> dict[str, str]:  # fmt: skip
     """``data.split``'s parts as ``folder/{train,val,test}.csv`` (text, label and the source's
-    row), with ``split.json`` saying what they came from; returns part -> absolute path."""
+    row; labels as ``fmt`` reads them), with ``split.json`` saying what they came from; returns
+    part -> absolute path."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, part in parts.items():
         frame = pd.DataFrame(
             {
                 part.text_column: part.texts,
-                part.label_column: part.labels,
+                **label_sets.label_cells(part, fmt),
                 f"source_{part.unit}": part.rows,
             }
         )
@@ -116,15 +118,16 @@ def read_inputs(data: Any, seed: int) -> Inputs:
     """The training and validation tables of config group ``data`` (``data.split``, the given
     files, or the demo's)."""
     fractions = parse_split(data.split)
+    fmt = label_sets.label_format(data)
     if not fractions:
         paths = data_paths(data.train, data.val, data.test)
         train, val, names = read_train_val(
-            paths, data.text_column, data.label_column, seed, data.max_train_samples
+            paths, data.text_column, data.label_column, seed, data.max_train_samples, fmt
         )
         files = {k: str(Path(v).absolute()) if v else "" for k, v in paths.items()}
         return Inputs(train, val, names, files, {})
-    table = tables.read_table(data.train, data.text_column, data.label_column)
-    names = tables.build_label_map(table)
+    table = label_sets.read_labelled(data.train, data.text_column, data.label_column, fmt)
+    names = label_sets.build_label_map(table, fmt)
     parts = split_parts(table, fractions, seed)
     log.info(
         "data.split %s of %s: %s rows", data.split, table.path,
@@ -143,6 +146,7 @@ def read_train_val(
     label_column: str,
     seed: int,
     max_train_samples: int = 0,
+    fmt: label_sets.LabelFormat = label_sets.SINGLE,
 ) -> tuple[tables.Table, tables.Table, list[str]]:
     """Training and validation tables and the label map (from the whole training file).
 
@@ -150,12 +154,13 @@ def read_train_val(
     validation file's labels are checked here, before any slow work; labels of the test file
     that training never saw are a warning (its evaluation scores the other rows and lists
     them). ``max_train_samples`` > 0 keeps a seeded, stratified subset of the training rows.
+    ``fmt``: how the files hold their labels (multi-label: label sets).
     """
-    train = tables.read_table(paths["train"], text_column, label_column)
-    label_names = tables.build_label_map(train)
+    train = label_sets.read_labelled(paths["train"], text_column, label_column, fmt)
+    label_names = label_sets.build_label_map(train, fmt)
     if paths["test"]:
-        test = tables.read_table(paths["test"], text_column, label_column)
-        unseen = tables.unseen_labels(test, label_names)
+        test = label_sets.read_labelled(paths["test"], text_column, label_column, fmt)
+        unseen = label_sets.unseen_labels(test, label_names)
         if unseen:  # not an error: the final evaluation scores the other rows and lists these
             log.warning(
                 "%s: %d test rows have labels never seen in training: %s; the evaluation "
@@ -163,10 +168,10 @@ def read_train_val(
                 sum(map(len, unseen.values())), tables.describe_unseen(test, unseen),
             )  # fmt: skip
     if paths["val"]:
-        val = tables.read_table(paths["val"], text_column, label_column)
-        tables.encode_labels(val, label_names)
+        val = label_sets.read_labelled(paths["val"], text_column, label_column, fmt)
+        label_sets.encode(val, label_names)
     else:
-        n_val = max(len(set(train.labels)), len(train.texts) // 10)
+        n_val = max(len(label_names), len(train.texts) // 10)
         train, val = split_table(train, len(train.texts) - n_val, seed)
         log.info("no data.val: holding out %d training rows for validation", len(val.texts))
     if 0 < max_train_samples < len(train.texts):

@@ -40,9 +40,12 @@ class Table:
     unit: str  # "row" (spreadsheet row, header = row 1), "line" (jsonl) or "record" (json/parquet)
     text_column: str
     label_column: str | None
+    # Multi-label (``jaxcls.data.label_sets``): each label is a row's label set, sorted and
+    # joined by label_sets.SET_SEP ('' = no label), and label_column names its column(s).
+    multi_label: bool = False
 
 
-def _cell_str(value: Any) -> str:
+def cell_str(value: Any) -> str:
     """A cell as stripped text, '' when missing; Excel's 123.0 becomes '123'."""
     if isinstance(value, str):
         return value.strip()
@@ -64,9 +67,9 @@ def _cell_str(value: Any) -> str:
 _INTEGRAL_DECIMAL = re.compile(r"(-?\d+)\.0+")
 
 
-def _label_str(value: Any) -> str:
-    """A label cell as text: like ``_cell_str``, and "2.0" is the integer label "2"."""
-    text = _cell_str(value)
+def label_str(value: Any) -> str:
+    """A label cell as text: like ``cell_str``, and "2.0" is the integer label "2"."""
+    text = cell_str(value)
     match = _INTEGRAL_DECIMAL.fullmatch(text)
     return match.group(1) if match else text
 
@@ -113,7 +116,7 @@ def _read_json(path: Path) -> pd.DataFrame:
     )
 
 
-def _read_frame(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
+def read_raw(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
     """The raw frame, the file position of each row, and the unit those positions count."""
     if not path.exists():
         raise UserError(f"{path}: no such file; check the path")
@@ -145,7 +148,7 @@ def _read_frame(path: Path) -> tuple[pd.DataFrame, np.ndarray, str]:
     return frame, np.arange(len(frame), dtype=np.int64) + first, unit
 
 
-def _find_column(
+def find_column(
     frame: pd.DataFrame, wanted: str, names: Sequence[str], key: str, what: str
 ) -> tuple[Any, tuple[str, str] | None]:
     """(the column, None), or (None, (what is missing, how to fix it))."""
@@ -175,17 +178,15 @@ def read_table(
     Blank rows are skipped; rows with no text or no label are dropped with a counted warning.
     """
     path = Path(path)
-    frame, rows, unit = _read_frame(path)
+    frame, rows, unit = read_raw(path)
     if len(frame.columns) == 0:
         raise UserError(f"{path} has no header row; put column names (e.g. text, label) in row 1")
     if len(frame) == 0:
         raise UserError(f"{path} has a header but no data rows; add some rows")
-    text_col, text_problem = _find_column(
-        frame, text_column, TEXT_NAMES, "data.text_column", "text"
-    )
+    text_col, text_problem = find_column(frame, text_column, TEXT_NAMES, "data.text_column", "text")
     label_col, label_problem = None, None
     if label_column is not None:
-        label_col, label_problem = _find_column(
+        label_col, label_problem = find_column(
             frame, label_column, LABEL_NAMES, "data.label_column", "label"
         )
     problems = [p for p in (text_problem, label_problem) if p]
@@ -195,9 +196,9 @@ def read_table(
         raise UserError(f"{path}: {' and '.join(missing)} among: {columns}; {'; '.join(fixes)}")
     if label_col is not None and label_col == text_col:
         raise UserError(f"{path}: column '{text_col}' is both the text and the label column")
-    texts = [_cell_str(v) for v in frame[text_col]]
-    labels = None if label_col is None else [_label_str(v) for v in frame[label_col]]
-    blank = frame.map(_cell_str).eq("").all(axis=1).to_numpy()
+    texts = [cell_str(v) for v in frame[text_col]]
+    labels = None if label_col is None else [label_str(v) for v in frame[label_col]]
+    blank = frame.map(cell_str).eq("").all(axis=1).to_numpy()
     no_text = np.array([t == "" for t in texts]) & ~blank
     no_label = np.zeros_like(blank) if labels is None else np.array([x == "" for x in labels])
     no_label &= ~blank & ~no_text
@@ -308,11 +309,11 @@ def read_frame(
     the frame, its text column (``text_column``, else found among TEXT_NAMES; ``key`` is the
     setting an error names) and each row's cleaned text ('' for a blank one)."""
     path = Path(path)
-    frame, _, _ = _read_frame(path)
+    frame, _, _ = read_raw(path)
     if len(frame.columns) == 0:
         raise UserError(f"{path} has no header row; put column names (e.g. text) in row 1")
-    column, problem = _find_column(frame, text_column, TEXT_NAMES, key, "text")
+    column, problem = find_column(frame, text_column, TEXT_NAMES, key, "text")
     if problem is not None:
         columns = ", ".join(str(c) for c in frame.columns)
         raise UserError(f"{path}: {problem[0]} among: {columns}; {problem[1]}")
-    return frame, column, [_cell_str(v) for v in frame[column]]
+    return frame, column, [cell_str(v) for v in frame[column]]

@@ -140,9 +140,14 @@ def calibration_report(
     }
 
 
+def sigmoid(logits: np.ndarray, temperatures: float | np.ndarray = 1.0) -> np.ndarray:
+    """Element-wise sigmoid(logits / T) in float64 (T per class, or one), stable for any logit."""
+    return np.exp(log_expit(np.asarray(logits, np.float64) / np.asarray(temperatures, np.float64)))
+
+
 def binary_probs(logits: np.ndarray, temperatures: float | np.ndarray = 1.0) -> np.ndarray:
     """[N * C, 2] probabilities (1 - p, p) of every (row, class) entry, p = sigmoid(x / T_c)."""
-    p = np.exp(log_expit(np.asarray(logits, np.float64) / np.asarray(temperatures, np.float64)))
+    p = sigmoid(logits, temperatures)
     return np.stack([1.0 - p, p], axis=-1).reshape(-1, 2)
 
 

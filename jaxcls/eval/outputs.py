@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from jaxcls.data.tables import Table
-from jaxcls.eval import calibration, plots, report
+from jaxcls.eval import calibration, multilabel_report, plots, report
 from jaxcls.eval.scoring import scalars
 
 log = logging.getLogger("jaxcls")
@@ -68,7 +68,13 @@ def write_outputs(
     ``train_ce``: the run's classification loss is plain cross-entropy (``plots.curve_panels``).
     Probabilities (predictions.xlsx, mistakes) are softmax(logits / T) with the run's fitted
     temperature T (``result["calibration"]``), else plain softmax; calibration.png compares them.
+    Multi-label outputs (labels [n, C]) go to ``multilabel_report.write_outputs``.
     """
+    if np.asarray(outputs["labels"]).ndim == 2:
+        multilabel_report.write_outputs(
+            result, outputs, table, names, out, metrics_log, title, meta, train_ce
+        )
+        return
     out.mkdir(parents=True, exist_ok=True)
     temperature = fitted_temperature(result) or 1.0
     probs = calibration.softmax(outputs["logits"], temperature)
@@ -134,7 +140,11 @@ def _tsne(outputs: dict, names: list[str], path: Path, max_points: int) -> None:
 
 
 def print_summary(result: dict, names: list[str]) -> None:
-    """Accuracy, macro/weighted P/R/F1, the per-class report and the confusion matrix."""
+    """Accuracy, macro/weighted P/R/F1, the per-class report and the confusion matrix
+    (``multilabel_report.print_summary`` for a multi-label result)."""
+    if "subset_accuracy" in result:
+        multilabel_report.print_summary(result, names)
+        return
     lines = [
         f"accuracy {result['accuracy']:.4f}",
         "           precision  recall      f1",

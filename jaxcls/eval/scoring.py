@@ -6,12 +6,13 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
-from scipy.special import log_softmax
+from scipy.special import log_expit, log_softmax
 
 from jaxcls.config import VALIDATION_METRICS
 from jaxcls.data import batches
 from jaxcls.data.long_text import average_by_row
-from jaxcls.eval import metrics
+from jaxcls.eval import metrics, multilabel
+from jaxcls.eval.calibration import sigmoid
 
 
 def run_dataset(
@@ -40,14 +41,36 @@ def by_row(raw: dict[str, np.ndarray], dataset: batches.Dataset) -> dict[str, np
     logits = average_by_row(raw["logits"], rows, n)
     features = average_by_row(raw["features"], rows, n)
     labels = dataset.row_labels
-    nll = np.zeros(n, np.float32)
-    if labels is not None:
-        nll = -log_softmax(logits.astype(np.float64), axis=-1)[np.arange(n), labels]
+    nll = np.zeros(n, np.float32) if labels is None else row_nll(logits, labels)
     return {"logits": logits, "features": features, "nll": nll.astype(np.float32)}
 
 
-def score(outputs: dict[str, np.ndarray], labels: np.ndarray, label_names: list[str]) -> dict:
-    """Loss, accuracy, F1s, per-class report and feature-space metrics."""
+def row_nll(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-row NLL in float64, as the eval step's ``objectives.nll``: cross-entropy of class
+    indices [n], or the binary cross-entropy summed over labels of indicators [n, C]."""
+    z = np.asarray(logits, np.float64)
+    if labels.ndim == 2:
+        return -np.sum(np.where(labels == 1, log_expit(z), log_expit(-z)), axis=-1)
+    return -log_softmax(z, axis=-1)[np.arange(len(labels)), labels]
+
+
+def score(
+    outputs: dict[str, np.ndarray], labels: np.ndarray, label_names: list[str],
+    thresholds: np.ndarray | None = None,
+) -> dict:  # fmt: skip
+    """Loss, accuracy, F1s, per-class report and feature-space metrics.
+
+    Multi-label (``labels`` [n, C] indicators): loss, micro/macro F1, subset accuracy, Hamming
+    loss and the per-class report of ``multilabel.multilabel_metrics``, label c predicted where
+    sigmoid(logit_c) >= ``thresholds[c]`` (default 0.5 for every label), which the result keeps.
+    """
+    if labels.ndim == 2:
+        cut = np.full(len(label_names), 0.5) if thresholds is None else np.asarray(thresholds)
+        predicted = multilabel.apply_thresholds(sigmoid(outputs["logits"]), cut)
+        result = multilabel.multilabel_metrics(labels, predicted, label_names)
+        result["loss"] = float(outputs["nll"].mean())
+        result["thresholds"] = dict(zip(label_names, cut.tolist(), strict=True))
+        return result
     predicted = outputs["logits"].argmax(axis=-1)
     result = metrics.classification_metrics(labels, predicted, label_names)
     result["loss"] = float(outputs["nll"].mean())
@@ -58,11 +81,11 @@ def score(outputs: dict[str, np.ndarray], labels: np.ndarray, label_names: list[
 
 def evaluate(
     predict: Callable[[batches.Batch], dict], dataset: batches.Dataset, batch_size: int, pad: int,
-    max_length: int, label_names: list[str],
+    max_length: int, label_names: list[str], thresholds: np.ndarray | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:  # fmt: skip
     """(``score`` of the model on a labelled dataset, its raw ``run_dataset`` outputs)."""
     raw = run_dataset(predict, dataset, batch_size, pad, max_length)
-    return score(raw, dataset.row_labels, label_names), raw
+    return score(raw, dataset.row_labels, label_names, thresholds), raw
 
 
 SCALARS = VALIDATION_METRICS

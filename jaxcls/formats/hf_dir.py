@@ -137,11 +137,22 @@ def _hf_entries(config: Qwen3Config, flat: dict[str, Any], num_labels: int, dtyp
     ]
 
 
+MULTI_LABEL = "multi_label_classification"  # transformers' problem_type: sigmoid per label
+
+
+def problem_type(folder: Path) -> str | None:
+    """The ``problem_type`` of ``folder/config.json`` (None when absent)."""
+    path = Path(folder) / "config.json"
+    return json.loads(path.read_text()).get("problem_type") if path.is_file() else None
+
+
 def write_config(
-    out: Path, config: Qwen3Config, labels: list[str], tokenizer: Any, dtype: str
-) -> None:
+    out: Path, config: Qwen3Config, labels: list[str], tokenizer: Any, dtype: str,
+    problem: str | None = None,
+) -> None:  # fmt: skip
     """``config.json`` of a ``Qwen3ForSequenceClassification`` with these labels: id2label,
-    label2id (so num_labels) and the tokenizer's pad_token_id (batches of several texts)."""
+    label2id (so num_labels) and the tokenizer's pad_token_id (batches of several texts);
+    ``problem``: its ``problem_type`` (``MULTI_LABEL``: transformers applies the sigmoid)."""
     hf = config.to_hf() | {
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},
@@ -150,15 +161,18 @@ def write_config(
         "dtype": dtype,
         "torch_dtype": dtype,  # the key transformers < 5 and older vLLM read
     }
+    if problem:
+        hf["problem_type"] = problem
     (out / "config.json").write_text(json.dumps(hf, indent=2, ensure_ascii=False) + "\n")
 
 
 def write_hf(
-    out: Path, config: Qwen3Config, params: Any, labels: list[str], tokenizer: Any, dtype: str
-) -> None:
+    out: Path, config: Qwen3Config, params: Any, labels: list[str], tokenizer: Any, dtype: str,
+    problem: str | None = None,
+) -> None:  # fmt: skip
     """A ``Qwen3ForSequenceClassification`` dir: config.json, model.safetensors, tokenizer."""
     out.mkdir(parents=True, exist_ok=True)
-    write_config(out, config, labels, tokenizer, dtype)
+    write_config(out, config, labels, tokenizer, dtype, problem)
     flat = flax.traverse_util.flatten_dict(params, sep="/")
     write_safetensors(out / "model.safetensors", _hf_entries(config, flat, len(labels), dtype))
     tokenizer.save_pretrained(out)

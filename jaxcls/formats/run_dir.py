@@ -1,5 +1,5 @@
-"""The run directory: config.json, labels.json, metrics.jsonl, calibration.json, checkpoints/,
-and runs/LATEST."""
+"""The run directory: config.json, labels.json, metrics.jsonl, calibration.json,
+thresholds.json (multi-label), checkpoints/, and runs/LATEST."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ LABELS = "labels.json"
 METRICS = "metrics.jsonl"
 CALIBRATION = "calibration.json"
 LATEST = "LATEST"
+THRESHOLDS = "thresholds.json"
 
 log = logging.getLogger("jaxcls")
 
@@ -119,6 +120,35 @@ def check_labels(workdir: Path, label_names: list[str]) -> None:
             f"{path} has labels {load_labels(path)} but the training file gives "
             f"{label_names}; train into a new workdir (--config.workdir=...)"
         )
+
+
+def save_thresholds(folder: Path, step: int | None, names: Sequence[str], values: Any) -> None:
+    """Add a checkpoint's per-label decision thresholds to ``folder/thresholds.json``:
+    ``{"steps": {"<step>": {label: threshold}}}`` (step None: key "model", an exported dir)."""
+    path = Path(folder) / THRESHOLDS
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"steps": {}}
+    values = [float(v) for v in values]
+    saved["steps"][str("model" if step is None else step)] = dict(zip(names, values, strict=True))
+    write_text_atomic(path, json.dumps(saved, indent=1, ensure_ascii=False) + "\n")
+
+
+def load_thresholds(folder: Path, names: Sequence[str], step: int | None = None) -> list | None:
+    """The thresholds of checkpoint ``step`` (None: those of an exported dir) in label order,
+    or None when ``folder/thresholds.json`` has none for it."""
+    path = Path(folder) / THRESHOLDS
+    if not path.is_file():
+        return None
+    try:
+        by_label = json.loads(path.read_text(encoding="utf-8"))["steps"].get(
+            str("model" if step is None else step)
+        )
+    except (json.JSONDecodeError, KeyError, AttributeError) as e:
+        raise UserError(f"{path}: not a thresholds file ({e}); delete it to tune them again") from e
+    if by_label is None:
+        return None
+    if sorted(by_label) != sorted(names):
+        raise UserError(f"{path}: thresholds for {sorted(by_label)}, but the labels are {names}")
+    return [float(by_label[name]) for name in names]
 
 
 def _clean(value: Any) -> Any:

@@ -38,6 +38,7 @@ TRASH = "trash"
 # resumes only with the values it was started with.
 MODEL_KEYS = (
     "model.path model.param_dtype model.pooling model.feature_layer model.projection_dim "
+    "model.problem "
     "lora.rank lora.alpha lora.targets lora.rslora contrastive.schedule "
     "contrastive.temperature_schedule"
 ).split()

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcls import runtime
-from jaxcls.data import batches, tables, tokenizer
+from jaxcls.config import is_multi_label
+from jaxcls.data import batches, label_sets, tables, tokenizer
 from jaxcls.errors import UserError
 from jaxcls.formats import peft_dir
 from jaxcls.model import layerstack, lora
@@ -60,9 +61,12 @@ class RunModel:
         )
 
     def read_table(self, path: str, labelled: bool = True) -> tables.Table:
-        """A data file read with the run's column settings."""
-        label_column = self.cfg.data.label_column if labelled else None
-        return tables.read_table(path, self.cfg.data.text_column, label_column)
+        """A data file read with the run's column and label settings."""
+        data = self.cfg.data
+        if not labelled:
+            return tables.read_table(path, data.text_column, None)
+        fmt = label_sets.label_format(data)
+        return label_sets.read_labelled(path, data.text_column, data.label_column, fmt)
 
     def place_base(self, mesh: Any) -> PyTree:
         """Move the frozen base onto ``mesh`` in the steps' layout (layers stacked, kernels as
@@ -86,7 +90,7 @@ class RunModel:
         validation in training and the final test evaluation share one compilation."""
         if mesh not in self.eval_steps:
             self.eval_steps[mesh] = jax.jit(
-                steps.make_eval_step(self.model, self.lora, mesh),
+                steps.make_eval_step(self.model, self.lora, mesh, is_multi_label(self.cfg)),
                 out_shardings=sharding.replicated(mesh),
             )
         return self.eval_steps[mesh]

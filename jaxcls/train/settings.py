@@ -12,6 +12,7 @@ import dataclasses
 import typing
 from typing import Any
 
+from jaxcls.config import is_multi_label
 from jaxcls.model.lora import LoRAConfig
 
 _SCALARS = (bool, int, float, str)
@@ -107,6 +108,7 @@ class StepSettings:
     loss: LossSettings
     contrastive: ContrastiveSettings
     total_steps: int  # optimizer updates in the run (the temperature schedule's length)
+    multi_label: bool = False  # model.problem: sigmoid losses on [B, C] label indicators
 
     @classmethod
     def from_config(
@@ -118,4 +120,5 @@ class StepSettings:
             loss=LossSettings.from_config(cfg.loss, class_weights),
             contrastive=ContrastiveSettings.from_config(cfg.contrastive),
             total_steps=int(total_steps),
+            multi_label=is_multi_label(cfg),
         )

@@ -44,7 +44,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcls.model import layerstack, lora
 from jaxcls.model.classifier import Qwen3Classifier
-from jaxcls.train import losses, schedules, sharding
+from jaxcls.train import objectives, schedules, sharding
 from jaxcls.train.settings import ContrastiveSettings, OptimSettings, StepSettings
 
 Array = jax.Array
@@ -119,6 +119,7 @@ def contrastive_term(
     valid: Array,
     temperature: Array,
     fsdp: int,
+    multi_label: bool = False,
 ) -> Array:
     """The contrastive loss of the global batch, from this data shard's rows ``[b, D]``.
 
@@ -130,10 +131,7 @@ def contrastive_term(
         return jnp.zeros((), jnp.float32)
 
     def loss(f: Array, y: Array, v: Array) -> Array:
-        return losses.contrastive_loss(
-            con.loss, f, y, temperature=temperature, base_temperature=con.base_temperature,
-            focal_gamma=con.focal_gamma, margin=con.margin, valid=v,
-        )  # fmt: skip
+        return objectives.contrastive(con, multi_label, f, y, v, temperature)
 
     if con.scope == "global":
         gather = functools.partial(jax.lax.all_gather, axis_name=DATA, axis=0, tiled=True)
@@ -174,20 +172,19 @@ def micro_batch_loss(
     # Sums over this device's valid rows, then over devices: the global-batch means.
     n_local = jnp.sum(valid.astype(jnp.float32))
     n_valid = jnp.maximum(jax.lax.psum(n_local, DATA), 1.0)
-    loss_cfg = settings.loss
-    cls_mean = losses.classification_loss(
-        loss_cfg.classification, logits, labels, focal_gamma=loss_cfg.focal_gamma,
-        focal_alpha=loss_cfg.class_weights, label_smoothing=loss_cfg.label_smoothing, valid=valid,
-    )  # fmt: skip
+    cls_mean, hits = objectives.classification(
+        settings.loss, settings.multi_label, logits, labels, valid
+    )
     cls = jax.lax.psum(cls_mean * jnp.maximum(n_local, 1.0), DATA) / n_valid
-    hits = (jnp.argmax(logits, axis=-1) == labels) & (valid > 0)
     accuracy = jax.lax.psum(jnp.sum(hits.astype(jnp.float32)), DATA) / n_valid
 
     con, extra = settings.contrastive, trainable["extra"]
     temperature = schedules.temperature(
         con, step, settings.total_steps, extra.get("log_temperature")
     )
-    con_loss = contrastive_term(con, features, labels, valid, temperature, fsdp)
+    con_loss = contrastive_term(
+        con, features, labels, valid, temperature, fsdp, settings.multi_label
+    )
     weight = schedules.contrastive_weight(con, step)
     if "log_vars" in extra:
         s = extra["log_vars"]
@@ -341,9 +338,10 @@ def make_train_step(
 
 
 def make_eval_step(
-    model: Qwen3Classifier, lora_cfg: lora.LoRAConfig, mesh: Mesh
+    model: Qwen3Classifier, lora_cfg: lora.LoRAConfig, mesh: Mesh, multi_label: bool = False
 ) -> Callable[[PyTree, PyTree, Batch], dict[str, Array]]:
-    """``eval_step(trainable, frozen, batch) -> {logits, features, nll}`` for ``jax.jit``.
+    """``eval_step(trainable, frozen, batch) -> {logits, features, nll}`` for ``jax.jit``
+    (``nll``: ``objectives.nll``, binary cross-entropy for a multi-label run).
 
     Each data shard runs its rows (``[B, ...]`` split over the mesh); the outputs come back
     replicated, so every process of a multi-host job has all rows.
@@ -356,8 +354,7 @@ def make_eval_step(
         logits, features = model.apply(
             {"params": params}, batch["input_ids"], batch["attention_mask"], deterministic=True
         )
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
-        nll = -jnp.take_along_axis(log_probs, batch["labels"][:, None], axis=-1)[:, 0]
+        nll = objectives.nll(multi_label, logits, batch["labels"])
         return {"logits": logits, "features": features, "nll": nll}
 
     outputs = jax.shard_map(

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from jaxcls import config as config_lib
 from jaxcls import runtime
-from jaxcls.data import batches, splits, tables
+from jaxcls.data import batches, label_sets, splits, tables
 from jaxcls.errors import UserError
 from jaxcls.eval import scoring
 from jaxcls.files import write_text_atomic
@@ -84,7 +84,14 @@ def write_run_files(cfg: Any, workdir: Path, inputs: splits.Inputs) -> None:
     if inputs.parts:
         data = cfg.data
         files.update(
-            splits.write_parts(inputs.parts, workdir / "data", data.train, data.split, cfg.seed)
+            splits.write_parts(
+                inputs.parts,
+                workdir / "data",
+                data.train,
+                data.split,
+                cfg.seed,
+                label_sets.label_format(data),
+            )  # fmt: skip
         )
     resolved = config_lib.config_from_json(config_lib.config_to_json(cfg))
     resolved.workdir = str(workdir.absolute())
@@ -192,7 +199,11 @@ class Trainer:
     def _class_alpha(self) -> tuple[float, ...] | None:
         """``loss.focal_alpha`` as class weights: none, "balanced" (``losses.balanced_alpha``
         of the training label counts) or the listed floats."""
-        counts = np.bincount(self.train_set.labels, minlength=len(self.label_names))
+        labels = self.train_set.labels
+        if labels.ndim == 2:  # multi-label indicators: rows per label
+            counts = labels.sum(axis=0)
+        else:
+            counts = np.bincount(labels, minlength=len(self.label_names))
         if self.cfg.loss.focal_alpha.strip() == "balanced":
             return tuple(float(w) for w in losses.balanced_alpha(counts))
         alpha = config_lib.parse_focal_alpha(self.cfg.loss.focal_alpha, counts.tolist())
