@@ -68,6 +68,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Also train the base weights when the base is random-init (model.path empty); a pretrained
     # base is always frozen and only LoRA adapters and heads train.
     config.model.train_base = True
+    # Frozen base storage: "none" (param_dtype) or "int8" (weight-only, per output channel: the
+    # attention and MLP kernels as int8 + a float32 scale per column, dequantized in the matmul;
+    # embeddings, norms, heads and LoRA stay in full precision). Needs a frozen base.
+    config.model.quantize = "none"
 
     # LoRA adapters on the frozen base (peft semantics).
     config.lora = ml_collections.ConfigDict()

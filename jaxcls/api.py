@@ -16,7 +16,7 @@ from jaxcls.data import batches
 from jaxcls.data import tokenizer as tokenizer_lib
 from jaxcls.errors import UserError
 from jaxcls.formats import model_dir, peft_dir
-from jaxcls.model import layerstack
+from jaxcls.model import layerstack, quant
 from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
 from jaxcls.train import restore
@@ -35,9 +35,14 @@ class Classifier:
         max_length: int = 512,
         template: str = "",
         batch_size: int = 16,
+        quantize: str = "none",
     ) -> None:
         if len(labels) != head.num_labels:
             raise ValueError(f"{len(labels)} labels for a head of {head.num_labels} classes")
+        if quantize not in quant.QUANTIZE:
+            raise UserError(f"quantize is {quantize!r}; use one of: {', '.join(quant.QUANTIZE)}")
+        if quantize == "int8":  # the base's float kernels (a run's int8 base already is)
+            params = quant.quantize_params(params)
         self.config, self.head, self.labels = config, head, list(labels)
         self.tokenizer, self.max_length, self.template = tokenizer, max_length, template
         self.batch_size = batch_size
@@ -65,12 +70,15 @@ class Classifier:
         max_length: int = 512,
         batch_size: int = 16,
         base: str | os.PathLike | None = None,
+        quantize: str = "none",
     ) -> Classifier:
         """Load from a converted jaxcls model dir, a Hugging Face seq-cls dir, a training run
         dir, or a peft LoRA adapter dir on ``base`` (default: its base_model_name_or_path).
 
         ``dtype`` is the compute dtype: default float32 on CPU, bfloat16 on accelerators.
         ``ckpt`` (best | latest | step | path) selects the checkpoint of a training run dir.
+        ``quantize="int8"`` stores the base's attention and MLP kernels as int8 (LoRA merged
+        first); a run trained with ``model.quantize = "int8"`` loads as int8 in any case.
         """
 
         path = Path(path)
@@ -78,33 +86,37 @@ class Classifier:
         # The one place that dispatches on the kind of path: a training run dir (with
         # checkpoints/ and `ckpt`), a peft adapter dir, or a model dir (converted or HF).
         if (path / "checkpoints").is_dir():
-            return cls._from_run(path, ckpt, dtype, batch_size)
+            return cls._from_run(path, ckpt, dtype, batch_size, quantize)
         if peft_dir.is_adapter_dir(path):
             loaded = peft_dir.load_merged(path, base)
-            return cls._from_loaded(loaded, path, dtype, max_length, batch_size)
+            return cls._from_loaded(loaded, path, dtype, max_length, batch_size, quantize)
         if base is not None:
             raise UserError(f"{path}: not a peft adapter dir (no adapter_config.json); drop base")
-        return cls._from_loaded(model_dir.read_model(path), path, dtype, max_length, batch_size)
+        loaded = model_dir.read_model(path)
+        return cls._from_loaded(loaded, path, dtype, max_length, batch_size, quantize)
 
     @classmethod
-    def _from_run(cls, path: Path, ckpt: str, dtype: str, batch_size: int) -> Classifier:
-        """A training run at checkpoint ``ckpt``, with LoRA merged into plain kernels."""
+    def _from_run(
+        cls, path: Path, ckpt: str, dtype: str, batch_size: int, quantize: str
+    ) -> Classifier:
+        """A training run at checkpoint ``ckpt`` (``RunModel.inference_params``)."""
         run, _ = restore.load_run(path, ckpt)
         head = dataclasses.replace(run.model.head, dtype=dtype, remat=False)
         return cls(
             run.config,
             head,
-            run.merged_params(),
+            run.inference_params(),
             run.tokenizer,
             run.label_names,
             max_length=run.cfg.data.max_length,
             template=run.cfg.data.template,
             batch_size=batch_size,
+            quantize=quantize,
         )
 
     @classmethod
     def _from_loaded(
-        cls, loaded: Any, path: Path, dtype: str, max_length: int, batch_size: int
+        cls, loaded: Any, path: Path, dtype: str, max_length: int, batch_size: int, quantize: str
     ) -> Classifier:
         """From a ``model_dir.LoadedModel`` with a score head (plain params)."""
         if loaded.id2label is None:
@@ -118,8 +130,9 @@ class Classifier:
         head = HeadConfig(num_labels=len(labels), dtype=dtype, param_dtype=param_dtype)
         tokenizer = tokenizer_lib.load_tokenizer(loaded.tokenizer_dir)
         return cls(
-            loaded.config, head, loaded.params, tokenizer, labels, max_length, batch_size=batch_size
-        )
+            loaded.config, head, loaded.params, tokenizer, labels, max_length,
+            batch_size=batch_size, quantize=quantize,
+        )  # fmt: skip
 
     def _run(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities [n, C], features [n, F]) in the order of ``texts``."""

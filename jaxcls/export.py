@@ -94,7 +94,9 @@ def write(run: Any, fmt: str, out: Path, dtype: str | None = None) -> Path:
 def export(workdir: Path, ckpt: str, fmt: str, out: Path, dtype: str | None = None) -> Path:
     """Load run ``workdir`` at ``ckpt`` and write it as ``fmt`` into ``out``."""
     model_dir.check_out_dir(Path(out))  # before the slow load
-    run, step = restore.load_run(Path(workdir), ckpt)
+    # A run trained on an int8 base (model.quantize) is exported on its full-precision base,
+    # re-read: LoRA merges into the original weights, and a peft base is the original.
+    run, step = restore.load_run(Path(workdir), ckpt, quantize=False)
     write(run, fmt, out, dtype)
     log.info("exported %s step %d as %s to %s", workdir, step, fmt, out)
     return Path(out)
