@@ -16,6 +16,7 @@ from conftest import TINY
 from jaxcls import Classifier, UserError, export
 from jaxcls.config import load_config, validate_config
 from jaxcls.model import lora, quant
+from jaxcls.train import run_model, sharding, steps
 from jaxcls.train.restore import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +132,25 @@ def test_classifier_int8_close_to_float(hf_bf16):
 
     with pytest.raises(UserError, match="quantize is 'int4'"):
         Classifier.load(hf_bf16, quantize="int4")
+
+
+def test_scanned_and_unrolled_int8_agree(hf_bf16, padded_batch, tmp_path):
+    """The eval step on the int8 base with LoRA (B moved off zero): the same logits scanned
+    (layers stacked, Int8Kernel leaves included) and unrolled, near the float base's."""
+    tiny = ROOT / "configs" / "tiny.py"
+    ids, mask = padded_batch
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": np.zeros(len(ids), np.int32)}
+    out = {}
+    for scan, quantize in ((True, True), (False, True), (True, False)):
+        overrides = [f"model.path={hf_bf16}", "model.quantize=int8", f"model.scan_layers={scan}"]
+        run = run_model.build(load_config(tiny, overrides), tmp_path, LABELS, quantize=quantize)
+        assert quant.is_quantized(run.frozen) == quantize
+        moved = jax.tree_util.tree_map(lambda x: x + 0.1, run.trainable["adapters"])
+        trainable = {**run.trainable, "adapters": moved}
+        step = jax.jit(steps.make_eval_step(run.model, run.lora, sharding.make_mesh("0")))
+        out[scan, quantize] = np.asarray(step(trainable, run.frozen, batch)["logits"])
+    np.testing.assert_allclose(out[True, True], out[False, True], atol=1e-5)
+    assert 0 < np.abs(out[True, True] - out[True, False]).max() < 0.1
 
 
 def flat(params) -> dict:
