@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY
+from jax.sharding import PartitionSpec as P
 
 from jaxcls import Classifier, UserError, export
 from jaxcls.config import load_config, validate_config
@@ -151,6 +152,13 @@ def test_scanned_and_unrolled_int8_agree(hf_bf16, padded_batch, tmp_path):
         out[scan, quantize] = np.asarray(step(trainable, run.frozen, batch)["logits"])
     np.testing.assert_allclose(out[True, True], out[False, True], atol=1e-5)
     assert 0 < np.abs(out[True, True] - out[True, False]).max() < 0.1
+
+
+def test_fsdp_splits_int8_kernels_and_replicates_scales():
+    stacked, layer = "model/layers/mlp/up_proj/kernel", "model/layers_2/self_attn/o_proj/kernel"
+    assert sharding.leaf_spec(f"{stacked}/q", (27, 64, 88), 2) == P(None, "fsdp", None)
+    assert sharding.leaf_spec(f"{layer}/q", (64, 64), 2) == P("fsdp", None)
+    assert sharding.leaf_spec(f"{stacked}/scale", (27, 88), 2) == P()
 
 
 def flat(params) -> dict:
