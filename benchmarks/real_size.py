@@ -2,6 +2,7 @@
 
     python benchmarks/real_size.py --shape 1.7b          # build, convert, measure, table
     python benchmarks/real_size.py --memory-only         # only the compiled-step table
+    python benchmarks/real_size.py --quantize int8       # also on the int8 base, beside bf16
 
 Builds once (cached under $JAXCLS_CACHE or ~/.cache/jaxcls) a random Hugging Face
 checkpoint of a named Qwen3 shape (bf16, ~1 GiB safetensors shards, the real vocabulary;
@@ -73,15 +74,18 @@ def ensure_checkpoint(shape: str) -> tuple[Path, Path]:
     return hf_dir, ours
 
 
-def step_memory(shape: str, remat: bool, batch: int = 8, seq: int = 512) -> dict[str, float]:
-    """GB of the compiled train step (bf16 compute and params), from abstract shapes only."""
+def step_memory(
+    shape: str, remat: bool, batch: int = 8, seq: int = 512, quantize: str = "none"
+) -> dict[str, float]:
+    """GB of the compiled train step (bf16 compute and params; ``quantize="int8"``: the int8
+    base of ``model.quantize``), from abstract shapes only; ``base``: the frozen base's GB."""
     import dataclasses
 
     import jax
     import jax.numpy as jnp
 
     from jaxcls.config import load_config
-    from jaxcls.model import layerstack, lora
+    from jaxcls.model import layerstack, lora, quant
     from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
     from jaxcls.train import sharding, steps
     from jaxcls.train.settings import OptimSettings, StepSettings
@@ -99,6 +103,8 @@ def step_memory(shape: str, remat: bool, batch: int = 8, seq: int = 512) -> dict
     lora_cfg = lora.LoRAConfig.from_config(cfg.lora)
     adapters = jax.eval_shape(lambda f: lora.init(f, lora_cfg, jax.random.PRNGKey(1)), frozen)
     n = steps.scanned_layers(Qwen3Classifier(config, head))
+    if quantize == "int8":
+        frozen = jax.eval_shape(quant.quantize_params, frozen)
     frozen = jax.eval_shape(lambda f: layerstack.step_layout(f, n), frozen)
     trainable = {"adapters": adapters, "params": heads, "extra": {}}
     optimizer = steps.make_optimizer(OptimSettings.from_config(cfg.optim), 100)
@@ -130,27 +136,40 @@ def step_memory(shape: str, remat: bool, batch: int = 8, seq: int = 512) -> dict
     }
     gb = {k: v / 1e9 for k, v in parts.items()}
     gb["total"] = gb["arguments"] + gb["outputs"] - gb["aliased"] + gb["temporaries"]
+    gb["base"] = quant.weight_bytes(frozen) / 1e9
     return gb
 
 
-def memory_table(shapes: list[str], batch: int, seq: int) -> list[dict]:
-    """Print and return the compiled step's memory of each shape, remat on and off."""
+def memory_table(
+    shapes: list[str], batch: int, seq: int, bases: tuple[str, ...] = ("none",)
+) -> list[dict]:
+    """Print and return the compiled step's memory of each shape and base (none = bf16,
+    int8), remat on and off."""
     print(f"compiled train step, bf16 compute and params, batch {batch} x {seq}, LoRA r16 (GB):")
-    print(f"{'shape':6s} {'remat':5s} {'args':>7s} {'temp':>7s} {'total':>7s}")
+    head = f"{'shape':6s} {'base':5s} {'remat':5s} {'weights':>7s} {'args':>7s} {'temp':>7s}"
+    print(f"{head} {'total':>7s}")
     rows = []
     for shape in shapes:
-        for remat in (True, False):
-            gb = step_memory(shape, remat, batch, seq)
-            rows.append({"shape": shape, "remat": remat, **{k: round(v, 2) for k, v in gb.items()}})
-            print(
-                f"{shape:6s} {str(remat):5s} {gb['arguments']:7.2f} {gb['temporaries']:7.2f} "
-                f"{gb['total']:7.2f}", flush=True,
-            )  # fmt: skip
+        for base in bases:
+            for remat in (True, False):
+                gb = step_memory(shape, remat, batch, seq, base)
+                name = "bf16" if base == "none" else base
+                rows.append({
+                    "shape": shape, "base_dtype": name, "remat": remat,
+                    **{k: round(v, 2) for k, v in gb.items()},
+                })  # fmt: skip
+                cells = (gb[k] for k in ("base", "arguments", "temporaries", "total"))
+                print(
+                    f"{shape:6s} {name:5s} {str(remat):5s} " + " ".join(f"{v:7.2f}" for v in cells)
+                )
     return rows
 
 
-def measured_runs(hf_dir: Path, ours: Path, work: Path, steps: int) -> dict[str, float]:
-    """Peak RSS and wall time of ``train.py`` and ``eval.py`` on the converted checkpoint."""
+def measured_runs(
+    hf_dir: Path, ours: Path, work: Path, steps: int, quantize: str = "none"
+) -> dict[str, float]:
+    """Peak RSS and wall time of ``train.py`` and ``eval.py`` on the converted checkpoint
+    (``quantize``: its ``model.quantize``)."""
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     words = "the cat sat on a mat and we saw good food in this old town".split()
@@ -159,7 +178,7 @@ def measured_runs(hf_dir: Path, ours: Path, work: Path, steps: int) -> dict[str,
             f"{' '.join(words[(i + j) % len(words)] for j in range(12))},{i % 2}" for i in range(n)
         ]
         (data / f"{name}.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
-    run = work / "run"
+    run = work / ("run" if quantize == "none" else f"run-{quantize}")
     shutil.rmtree(run, ignore_errors=True)
     flags = [
         f"--config.model.path={ours}", "--config.model.param_dtype=bfloat16",
@@ -167,12 +186,14 @@ def measured_runs(hf_dir: Path, ours: Path, work: Path, steps: int) -> dict[str,
         "--config.data.max_length=32", f"--config.train.max_steps={steps}",
         "--config.train.eval_batch_size=8", f"--config.data.train={data / 'train.csv'}",
         f"--config.data.val={data / 'val.csv'}", f"--config.data.test={data / 'test.csv'}",
-        f"--config.workdir={run}",
+        f"--config.workdir={run}", f"--config.model.quantize={quantize}",
     ]  # fmt: skip
     train = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/margin.py")]
     train_s, train_peak = convert_memory.run_measured(train + flags)
     evaluate = [sys.executable, str(ROOT / "eval.py"), "--workdir", str(run)]
-    eval_s, eval_peak = convert_memory.run_measured(evaluate + ["--out", str(work / "eval")])
+    eval_s, eval_peak = convert_memory.run_measured(
+        evaluate + ["--out", str(run.with_name(run.name.replace("run", "eval")))]
+    )
     size = checkpoint_bytes(hf_dir)
     return {
         "train_s": round(train_s, 1), "train_peak_rss_gb": round(train_peak / 1e9, 2),
@@ -195,15 +216,23 @@ def main() -> None:
     parser.add_argument("--table-shapes", default="0.6b,1.7b,4b,8b")
     parser.add_argument("--table-batch", type=int, default=8)
     parser.add_argument("--table-seq", type=int, default=512)
+    parser.add_argument(
+        "--quantize", choices=("none", "int8"), default="none",
+        help="int8: also measure on the int8 base (model.quantize), beside bf16",
+    )  # fmt: skip
     args = parser.parse_args()
+    bases = ("none",) if args.quantize == "none" else ("none", args.quantize)
     result: dict = {"shape": args.shape}
     if not args.memory_only:
         hf_dir, ours = ensure_checkpoint(args.shape)
         result["checkpoint_bytes"] = checkpoint_bytes(hf_dir)
         result.update(measured_runs(hf_dir, ours, cache_dir() / "work", args.steps))
+        for base in bases[1:]:
+            runs = measured_runs(hf_dir, ours, cache_dir() / "work", args.steps, base)
+            result[base] = runs
         print(json.dumps(result), flush=True)
     shapes = [s for s in args.table_shapes.split(",") if s]
-    result["step_memory"] = memory_table(shapes, args.table_batch, args.table_seq)
+    result["step_memory"] = memory_table(shapes, args.table_batch, args.table_seq, bases)
     print(json.dumps(result))
 
 

@@ -72,6 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
     # carry several: binary focal loss, Jaccard-weighted SupCon, per-label thresholds tuned on
     # validation); multi_label reads its labels by data.label_sep or data.label_columns.
     config.model.problem = "single_label"
+    # Frozen base storage: "none" (param_dtype) or "int8" (weight-only, per output channel: the
+    # attention and MLP kernels as int8 + a float32 scale per column, dequantized in the matmul;
+    # embeddings, norms, heads and LoRA stay in full precision). Needs a frozen base.
+    config.model.quantize = "none"
 
     # LoRA adapters on the frozen base (peft semantics).
     config.lora = ml_collections.ConfigDict()

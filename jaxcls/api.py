@@ -25,7 +25,7 @@ from jaxcls.errors import UserError
 from jaxcls.eval import calibration
 from jaxcls.eval.multilabel import DEFAULT_THRESHOLD, apply_thresholds, tune_thresholds
 from jaxcls.formats import hf_dir, model_dir, peft_dir, run_dir
-from jaxcls.model import layerstack
+from jaxcls.model import layerstack, quant
 from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
 from jaxcls.train import restore, run_model
@@ -44,6 +44,7 @@ class Classifier:
         max_length: int = 512,
         template: str = "",
         batch_size: int = 16,
+        quantize: str = "none",
         long_text: str = "truncate",
         window_stride: int = 0,
         temperature: float = 1.0,
@@ -57,6 +58,10 @@ class Classifier:
         default 0.5); ``label_sep`` joins a label set in predict's output tables."""
         if len(labels) != head.num_labels:
             raise ValueError(f"{len(labels)} labels for a head of {head.num_labels} classes")
+        if quantize not in quant.QUANTIZE:
+            raise UserError(f"quantize is {quantize!r}; use one of: {', '.join(quant.QUANTIZE)}")
+        if quantize == "int8":  # the base's float kernels (a run's int8 base already is)
+            params = quant.quantize_params(params)
         self.config, self.head, self.labels = config, head, list(labels)
         self.multi_label, self.label_sep = multi_label, label_sep
         self.thresholds = None
@@ -90,12 +95,15 @@ class Classifier:
         max_length: int = 512,
         batch_size: int = 16,
         base: str | os.PathLike | None = None,
+        quantize: str = "none",
     ) -> Classifier:
         """Load from a converted jaxcls model dir, a Hugging Face seq-cls dir, a training run
         dir, or a peft LoRA adapter dir on ``base`` (default: its base_model_name_or_path).
 
         ``dtype`` is the compute dtype: default float32 on CPU, bfloat16 on accelerators.
         ``ckpt`` (best | latest | step | path) selects the checkpoint of a training run dir.
+        ``quantize="int8"`` stores the base's attention and MLP kernels as int8 (LoRA merged
+        first); a run trained with ``model.quantize = "int8"`` loads as int8 in any case.
         """
 
         path = Path(path)
@@ -103,19 +111,23 @@ class Classifier:
         # The one place that dispatches on the kind of path: a training run dir (with
         # checkpoints/ and `ckpt`), a peft adapter dir, or a model dir (converted or HF).
         if (path / "checkpoints").is_dir():
-            return cls._from_run(path, ckpt, dtype, batch_size)
+            return cls._from_run(path, ckpt, dtype, batch_size, quantize)
         if peft_dir.is_adapter_dir(path):
             loaded = peft_dir.load_merged(path, base)
-            return cls._from_loaded(loaded, path, dtype, max_length, batch_size)
+            return cls._from_loaded(loaded, path, dtype, max_length, batch_size, quantize)
         if base is not None:
             raise UserError(f"{path}: not a peft adapter dir (no adapter_config.json); drop base")
-        return cls._from_loaded(model_dir.read_model(path), path, dtype, max_length, batch_size)
+        loaded = model_dir.read_model(path)
+        return cls._from_loaded(loaded, path, dtype, max_length, batch_size, quantize)
 
     @classmethod
-    def _from_run(cls, path: Path, ckpt: str, dtype: str, batch_size: int) -> Classifier:
-        """A training run at checkpoint ``ckpt``, with LoRA merged into plain kernels, the run's
-        temperature when it was fitted on this checkpoint, and a multi-label run's thresholds of
-        that checkpoint (tuned on its validation set and saved when thresholds.json has none)."""
+    def _from_run(
+        cls, path: Path, ckpt: str, dtype: str, batch_size: int, quantize: str
+    ) -> Classifier:
+        """A training run at checkpoint ``ckpt`` (``RunModel.inference_params``), with the
+        run's temperature when it was fitted on this checkpoint, and a multi-label run's
+        thresholds of that checkpoint (tuned on its validation set and saved when
+        thresholds.json has none)."""
         run, step = restore.load_run(path, ckpt)
         head = dataclasses.replace(run.model.head, dtype=dtype, remat=False)
         long_text, stride = run_model.long_text_settings(run.cfg.data)
@@ -124,12 +136,13 @@ class Classifier:
         clf = cls(
             run.config,
             head,
-            run.merged_params(),
+            run.inference_params(),
             run.tokenizer,
             run.label_names,
             max_length=run.cfg.data.max_length,
             template=run.cfg.data.template,
             batch_size=batch_size,
+            quantize=quantize,
             long_text=long_text,
             window_stride=stride,
             temperature=run_dir.load_temperature(path, step) or 1.0,
@@ -149,7 +162,7 @@ class Classifier:
 
     @classmethod
     def _from_loaded(
-        cls, loaded: Any, path: Path, dtype: str, max_length: int, batch_size: int
+        cls, loaded: Any, path: Path, dtype: str, max_length: int, batch_size: int, quantize: str
     ) -> Classifier:
         """From a ``model_dir.LoadedModel`` with a score head (plain params)."""
         if loaded.id2label is None:
@@ -165,7 +178,7 @@ class Classifier:
         multi = hf_dir.problem_type(path) == hf_dir.MULTI_LABEL
         return cls(
             loaded.config, head, loaded.params, tokenizer, labels, max_length,
-            batch_size=batch_size, multi_label=multi,
+            batch_size=batch_size, quantize=quantize, multi_label=multi,
             thresholds=run_dir.load_thresholds(path, labels) if multi else None,
         )  # fmt: skip
 

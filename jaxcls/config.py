@@ -19,6 +19,7 @@ _CHOICES = {
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "model.pooling": ("last", "mean"),
     "model.problem": ("single_label", "multi_label"),
+    "model.quantize": ("none", "int8"),
     "loss.classification": ("focal", "ce"),
     "contrastive.loss": ("none", "simple", "focal", "margin"),
     "contrastive.scope": ("global", "local"),
@@ -156,6 +157,11 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         raise UserError(
             f"config key 'model.feature_layer' is {cfg.model.feature_layer} but the model has "
             f"{layers} layers; use -1 (final) or an index of HF hidden_states, 0..{layers}"
+        )
+    if cfg.model.quantize != "none" and cfg.model.train_base and not cfg.model.path:
+        raise UserError(
+            f"config key 'model.quantize' is {cfg.model.quantize!r}, which quantizes a frozen "
+            "base, but model.train_base trains the random-init base; set model.train_base=false"
         )
     if cfg.model.num_heads % cfg.model.num_kv_heads:
         raise UserError("config key 'model.num_kv_heads' must divide model.num_heads")

@@ -108,7 +108,9 @@ def write(
 def export(workdir: Path, ckpt: str, fmt: str, out: Path, dtype: str | None = None) -> Path:
     """Load run ``workdir`` at ``ckpt`` and write it as ``fmt`` into ``out``."""
     model_dir.check_out_dir(Path(out))  # before the slow load
-    run, step = restore.load_run(Path(workdir), ckpt)
+    # A run trained on an int8 base (model.quantize) is exported on its full-precision base,
+    # re-read: LoRA merges into the original weights, and a peft base is the original.
+    run, step = restore.load_run(Path(workdir), ckpt, quantize=False)
     thresholds = run_dir.load_thresholds(Path(workdir), run.label_names, step)
     if is_multi_label(run.cfg) and thresholds is None:
         log.warning(

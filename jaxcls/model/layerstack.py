@@ -25,7 +25,7 @@ _LAYER = re.compile(r"^layers_(\d+)$")
 
 
 def _flat(tree: PyTree) -> dict[tuple, Any]:
-    """``{path: leaf}`` of a nested dict (a LoRAWeight or array is a leaf)."""
+    """``{path: leaf}`` of a nested dict (a LoRAWeight, Int8Kernel or array is a leaf)."""
     if not isinstance(tree, dict):
         return {(): tree}
     return {(k, *p): v for k, sub in tree.items() for p, v in _flat(sub).items()}
@@ -42,9 +42,12 @@ def _nest(flat: dict[tuple, Any]) -> dict:
 
 
 def _stack(leaves: list[Any]) -> Any:
-    if all(isinstance(x, np.ndarray) for x in leaves):
-        return np.stack(leaves)
-    return jnp.stack(leaves)
+    """Stack arrays, or pytree nodes of arrays (``quant.Int8Kernel``) leaf by leaf."""
+
+    def one(*xs: Any) -> Any:
+        return np.stack(xs) if all(isinstance(x, np.ndarray) for x in xs) else jnp.stack(xs)
+
+    return jax.tree_util.tree_map(one, *leaves)
 
 
 def stack_layers(

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcls.errors import UserError
+from jaxcls.model import quant
 
 Array = jax.Array
 PyTree = Any
@@ -105,7 +106,10 @@ def factored_matmul(x: Array, weight: LoRAWeight, dtype: Any, dropout_rng: Array
         keep = bernoulli(dropout_rng, 1.0 - weight.dropout, x.shape)
         xa = jnp.where(keep, x / (1.0 - weight.dropout), 0).astype(dtype)
     a, b = weight.a.astype(dtype), weight.b.astype(dtype)
-    return _lora_dot(x, xa, weight.w, a, b, weight.scale)
+    w, w_scale = weight.w, None
+    if isinstance(w, quant.Int8Kernel):  # x @ (q * s) as (x @ q) * s
+        w, w_scale = w.q, w.scale
+    return _lora_dot(x, xa, w, w_scale, a, b, weight.scale)
 
 
 def bernoulli(key: Array, p: float, shape: tuple[int, ...]) -> Array:
@@ -157,23 +161,34 @@ def _threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Ar
 # produce it); and dW is computed only when W is differentiated, never for a frozen kernel.
 # W comes in its stored dtype and is cast where it is used (forward and backward): the
 # backward keeps the stored kernel, not a float32 copy of a bf16 one (NOTES.md, real size).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _lora_dot(x: Array, xa: Array, w: Array, a: Array, b: Array, scale: float) -> Array:
-    """``x @ w + scale * (xa @ a) @ b`` in x's dtype; ``xa`` is the (dropped-out) LoRA input."""
-    w = float_kernel(w).astype(x.dtype)
-    return jnp.dot(x, w) + (scale * jnp.dot(jnp.dot(xa, a), b)).astype(x.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _lora_dot(
+    x: Array, xa: Array, w: Array, w_scale: Array | None, a: Array, b: Array, scale: float
+) -> Array:
+    """``x @ w + scale * (xa @ a) @ b`` in x's dtype; ``xa`` is the (dropped-out) LoRA input.
+
+    ``w_scale`` [out]: ``w`` is an int8 kernel whose columns are scaled by it (``quant``).
+    """
+    return _base_dot(x, w, w_scale) + (scale * jnp.dot(jnp.dot(xa, a), b)).astype(x.dtype)
 
 
-def _lora_dot_fwd(x, xa, w, a, b, scale):
+def _base_dot(x: Array, w: Array, w_scale: Array | None) -> Array:
+    """``x @ w`` (``w`` float, or its integer bits), or ``x @ (w * w_scale)`` (``w`` int8)."""
+    if w_scale is not None:
+        return quant.int8_dot(x, w, w_scale)
+    return jnp.dot(x, float_kernel(w).astype(x.dtype))
+
+
+def _lora_dot_fwd(x, xa, w, w_scale, a, b, scale):
     u = jnp.dot(xa.value, a.value)
     dtype = x.value.dtype
-    w_float = float_kernel(w.value).astype(dtype)
-    out = jnp.dot(x.value, w_float) + (scale * jnp.dot(u, b.value)).astype(dtype)
+    s = None if w_scale is None else w_scale.value
+    out = _base_dot(x.value, w.value, s) + (scale * jnp.dot(u, b.value)).astype(dtype)
     # Only what the backward needs: x for dW (trainable W; with an empty array of W's dtype),
-    # W for dx and A for d(xa) when those inputs are differentiated (None is an empty
-    # pytree: the choice is static).
+    # W (and its column scale) for dx and A for d(xa) when those inputs are differentiated
+    # (None is an empty pytree: the choice is static).
     keep_x = (x.value, jnp.zeros((0,), w.value.dtype)) if w.perturbed else None
-    keep_w = w.value if x.perturbed else None
+    keep_w = (w.value, s) if x.perturbed else None
     keep_a = a.value if xa.perturbed else None
     return out, (keep_x, xa.value, u, keep_w, keep_a, b.value)
 
@@ -181,7 +196,7 @@ def _lora_dot_fwd(x, xa, w, a, b, scale):
 def _lora_dot_bwd(scale, res, g):
     x, xa, u, w, a, b = res
     if isinstance(g, jax.custom_derivatives.SymbolicZero):
-        return None, None, None, None, None
+        return None, None, None, None, None, None
     lead = g.shape[:-1]
     flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731  [..., d] -> [N, d]
     g = flat(g)  # [N, out]
@@ -195,9 +210,18 @@ def _lora_dot_bwd(scale, res, g):
     # from folding the transpose back into the dot (it does fold a bare transpose).
     ga = (scale * dot(gu, flat(xa), tn)).T  # [in, r]
     gxa = None if a is None else dot(gu, scale * a, nt).reshape(*lead, -1)
-    gx = None if w is None else dot(g, float_kernel(w).astype(g.dtype), nt).reshape(*lead, -1)
+    gx = None if w is None else _base_dot_t(g, *w).reshape(*lead, -1)
     gw = None if x is None else dot(flat(x[0]), g, tn).astype(x[1].dtype)
-    return gx, gxa, gw, ga, gb
+    return gx, gxa, gw, None, ga, gb
+
+
+def _base_dot_t(g: Array, w: Array, w_scale: Array | None) -> Array:
+    """``g @ W^T`` [N, in] for the W of ``_base_dot`` (int8 with scale: ``(g * s) @ q^T``)."""
+    nt = ((1,), (1,)), ((), ())
+    if w_scale is not None:
+        g32 = g.astype(jnp.float32) * w_scale
+        return jax.lax.dot_general(g32.astype(g.dtype), w.astype(g.dtype), nt)
+    return jax.lax.dot_general(g, float_kernel(w).astype(g.dtype), nt)
 
 
 _lora_dot.defvjp(_lora_dot_fwd, _lora_dot_bwd, symbolic_zeros=True)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcls.errors import UserError
-from jaxcls.model import lora
+from jaxcls.model import lora, quant
 
 Array = jax.Array
 
@@ -129,7 +129,8 @@ def _check_supported(hf: dict[str, Any], where: str) -> None:
 
 
 class Linear(nn.Module):
-    """A bias-free projection whose kernel may be a factored ``lora.LoRAWeight``."""
+    """A bias-free projection whose kernel may be a factored ``lora.LoRAWeight`` or a
+    ``quant.Int8Kernel`` (or both: LoRA on an int8 kernel)."""
 
     features: int
     dtype: Any = jnp.float32
@@ -144,6 +145,8 @@ class Linear(nn.Module):
             if not deterministic and kernel.dropout > 0:
                 rng = self.make_rng("dropout")
             return lora.factored_matmul(x.astype(self.dtype), kernel, self.dtype, rng)
+        if isinstance(kernel, quant.Int8Kernel):
+            return quant.int8_dot(x.astype(self.dtype), kernel.q, kernel.scale)
         return jnp.dot(x.astype(self.dtype), lora.float_kernel(kernel).astype(self.dtype))
 
 

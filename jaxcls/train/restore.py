@@ -33,13 +33,20 @@ def new_state(trainable: Any, optimizer: optax.GradientTransformation, seed: int
     )
 
 
-def load_run(workdir: Path, ckpt: str = "best") -> tuple[run_model.RunModel, int]:
-    """The run's model with the trainable state of checkpoint ``ckpt``, and its step."""
+def load_run(
+    workdir: Path, ckpt: str = "best", quantize: bool = True
+) -> tuple[run_model.RunModel, int]:
+    """The run's model with the trainable state of checkpoint ``ckpt``, and its step.
+
+    ``quantize=False``: the base in full precision even if the run trained on int8.
+    """
     cfg = run_dir.read_config(workdir)
     label_names = run_dir.load_labels(workdir / run_dir.LABELS)
     ckpts = checkpoints.open_checkpoints(workdir, cfg)
     step = ckpts.resolve(ckpt)  # before the slow model build: a wrong --ckpt fails at once
-    run = run_model.build(cfg, workdir, label_names, write_base=False, warm_start=False)
+    run = run_model.build(
+        cfg, workdir, label_names, write_base=False, warm_start=False, quantize=quantize
+    )
     restore_trainable(run, workdir, ckpt, ckpts)
     log.info("loaded %s at step %d", workdir, step)
     return run, step

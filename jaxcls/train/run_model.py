@@ -23,7 +23,7 @@ from jaxcls.config import is_multi_label
 from jaxcls.data import batches, label_sets, tables, tokenizer
 from jaxcls.errors import UserError
 from jaxcls.formats import peft_dir
-from jaxcls.model import layerstack, lora
+from jaxcls.model import layerstack, lora, quant
 from jaxcls.model.classifier import HEADS, HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
 from jaxcls.train import base_model, sharding, steps, warmstart
@@ -96,10 +96,19 @@ class RunModel:
         return self.eval_steps[mesh]
 
     def merged_params(self, trainable: PyTree | None = None) -> PyTree:
-        """Plain params with LoRA folded in (inference and export)."""
+        """Plain params with LoRA folded in (export; inference on a float base)."""
         trainable = self.trainable if trainable is None else trainable
         params = lora.combine(self.frozen, trainable["params"])
         return lora.merge(params, trainable["adapters"], self.lora)
+
+    def inference_params(self) -> PyTree:
+        """Params for ``api.Classifier``: ``merged_params`` on a float base; on an int8 base,
+        LoRA kept factored over the int8 kernels (as training and evaluation compute it;
+        merging would need float kernels), in the scanned model's layout when it scans."""
+        if not quant.is_quantized(self.frozen):
+            return self.merged_params()
+        n = steps.scanned_layers(self.model)
+        return steps.assemble(self.trainable, self.frozen, self.lora, False, n)
 
 
 def long_text_settings(data: Any) -> tuple[str, int]:
@@ -130,16 +139,20 @@ def build(
     label_names: list[str],
     write_base: bool = True,
     warm_start: bool = True,
+    quantize: bool = True,
 ) -> RunModel:
     """Model, tokenizer and fresh trainable state for ``label_names``.
 
     ``warm_start`` starts the adapters from ``lora.init_from``; a run restored from its own
-    checkpoint does not need (or re-read) that source.
+    checkpoint does not need (or re-read) that source. ``quantize=False`` keeps the base in
+    full precision whatever ``model.quantize`` says (export merges LoRA into those weights).
     """
     # Reading and stacking the base frees large blocks; unmapped at once, they don't
     # fragment the heap (runtime.large_blocks_unmapped_on_free).
     with runtime.large_blocks_unmapped_on_free():
         loaded = base_model.load_backbone(cfg, workdir, write=write_base)
+        if quantize and cfg.model.get("quantize", "none") == "int8":
+            quant.quantize_params(loaded.params)  # in place: each float kernel freed in turn
     if loaded.tokenizer_dir is None:
         raise_no_tokenizer(cfg.model.path)
     head = HeadConfig.from_config(cfg.model, len(label_names))

@@ -31,8 +31,13 @@ PyTree = Any
 # so one table shards all three.
 FSDP_RULES: tuple[tuple[str, tuple[int, ...]], ...] = (
     (r"model/embed_tokens/embedding$", (0, 1)),  # [vocab, hidden]: over the vocabulary first
-    (r"model/layers_\d+/.+/kernel$", (0, 1)),  # [in, out]: over the input features first
-    (r"model/layers/.+/kernel$", (1, 2)),  # stacked [layer, in, out] (layerstack): never the layer
+    # [in, out]: over the input features first (kernel/q: an int8 kernel, quant.Int8Kernel;
+    # its per-output-channel scale is replicated)
+    (r"model/layers_\d+/.+/kernel(/q)?$", (0, 1)),
+    (
+        r"model/layers/.+/kernel(/q)?$",
+        (1, 2),
+    ),  # stacked [layer, in, out] (layerstack): never the layer
 )
 
 
@@ -138,8 +143,8 @@ def move_params(tree: dict, mesh: Mesh, rules=FSDP_RULES) -> PyTree:
 
 
 def _move(tree: Any, shardings: Any) -> Any:
-    if not isinstance(tree, dict):
-        return _put(tree, shardings)
+    if not isinstance(tree, dict):  # an array, or a node of arrays (quant.Int8Kernel)
+        return jax.tree_util.tree_map(_put, tree, shardings)
     return {k: _move(tree.pop(k), shardings[k]) for k in list(tree)}
 
 
