@@ -83,11 +83,13 @@ def step_memory(shape: str, remat: bool, batch: int = 8, seq: int = 512) -> dict
     from jaxcls.config import load_config
     from jaxcls.model import layerstack, lora
     from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
-    from jaxcls.train import steps
+    from jaxcls.train import sharding, steps
+    from jaxcls.train.settings import OptimSettings, StepSettings
 
     cfg = load_config(ROOT / "configs" / "margin.py")
     cfg.model.dtype = cfg.model.param_dtype = "bfloat16"
     cfg.model.remat = remat
+    cfg.optim.lr = 2e-4  # the LoRA recipe's ("auto" is resolved by the trainer)
     config = qwen3_config(shape)
     head = HeadConfig.from_config(cfg.model, 2)
     ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
@@ -99,7 +101,7 @@ def step_memory(shape: str, remat: bool, batch: int = 8, seq: int = 512) -> dict
     n = steps.scanned_layers(Qwen3Classifier(config, head))
     frozen = jax.eval_shape(lambda f: layerstack.step_layout(f, n), frozen)
     trainable = {"adapters": adapters, "params": heads, "extra": {}}
-    optimizer = steps.make_optimizer(cfg.optim, 100)
+    optimizer = steps.make_optimizer(OptimSettings.from_config(cfg.optim), 100)
 
     def init_state(t):
         return steps.TrainState(
@@ -116,7 +118,9 @@ def step_memory(shape: str, remat: bool, batch: int = 8, seq: int = 512) -> dict
         "valid": sds((1, batch), jnp.float32),
     }
     model = Qwen3Classifier(config, head)
-    step = jax.jit(steps.make_train_step(model, cfg, optimizer, 100), donate_argnums=(0,))
+    settings = StepSettings.from_config(cfg, 100)
+    step_fn = steps.make_train_step(model, settings, optimizer, sharding.make_mesh("0"))
+    step = jax.jit(step_fn, donate_argnums=(0,))
     m = step.lower(state, frozen, batch_arg).compile().memory_analysis()
     parts = {
         "arguments": m.argument_size_in_bytes,

@@ -69,7 +69,7 @@ def build_jax(s: common.Shape) -> tuple[Any, tuple]:
     import jax.numpy as jnp
 
     from jaxcls.config import load_config
-    from jaxcls.model import lora
+    from jaxcls.model import layerstack, lora
     from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
     from jaxcls.train import sharding, steps
     from jaxcls.train.settings import ContrastiveSettings, OptimSettings, StepSettings
@@ -84,6 +84,8 @@ def build_jax(s: common.Shape) -> tuple[Any, tuple]:
     ids = jnp.ones((1, 1), jnp.int32)
     params = jax.jit(model.init)(jax.random.PRNGKey(0), ids, ids)["params"]
     heads, frozen = lora.partition(params, r"^(score|projection)/")
+    # The base as the trainer gives it to the step (layers stacked for a scanned model).
+    frozen = layerstack.step_layout(frozen, steps.scanned_layers(model))
     adapters = lora.init(frozen, lora.LoRAConfig.from_config(cfg.lora), jax.random.PRNGKey(1))
     extra = steps.init_extra(ContrastiveSettings.from_config(cfg.contrastive))
     trainable = {"adapters": adapters, "params": heads, "extra": extra}

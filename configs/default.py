@@ -147,8 +147,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.text_column = ""
     # Label column; "" = found among common names (label, labels, category, class, 标签, 类别).
     config.data.label_column = ""
-    # Maximum tokens per text; longer texts are truncated.
+    # Maximum tokens per text (per window with long_text="windows").
     config.data.max_length = 128
+    # Texts longer than max_length: "truncate" (keep the first tokens), "head_tail" (the first
+    # max_length // 4 and the last tokens) or "windows" (overlapping windows, each trained with
+    # its text's label; a text's prediction averages its windows' logits).
+    config.data.long_text = "truncate"
+    # long_text="windows": tokens between consecutive window starts (overlap = max_length -
+    # stride), in [1, max_length]; 0 = max_length // 2.
+    config.data.window_stride = 0
     # Prompt template with a {text} placeholder, e.g. "Classify the review: {text}"; "" = raw text.
     config.data.template = ""
     # Batch sampler: "random" or "balanced" (P classes x K samples, so every anchor has positives).
@@ -225,6 +232,9 @@ def get_config() -> ml_collections.ConfigDict:
     # t-SNE picture of at most this many test features (stratified subsample; the slowest part
     # of an evaluation on CPU, timed in the log); 0 = no t-SNE.
     config.eval.max_tsne_points = 3000
+    # After training, fit a temperature T on the best checkpoint's validation logits (saved in
+    # RUN/calibration.json); predict_proba, predict.py and eval.py then use softmax(logits / T).
+    config.eval.calibrate = True
 
     # Multi-host setup for jax.distributed.initialize; the defaults mean a single process.
     config.distributed = ml_collections.ConfigDict()

@@ -14,12 +14,14 @@ import numpy as np
 
 from jaxcls.data import batches
 from jaxcls.data import tokenizer as tokenizer_lib
+from jaxcls.data.long_text import average_by_row
 from jaxcls.errors import UserError
-from jaxcls.formats import model_dir, peft_dir
+from jaxcls.eval import calibration
+from jaxcls.formats import model_dir, peft_dir, run_dir
 from jaxcls.model import layerstack
 from jaxcls.model.classifier import HeadConfig, Qwen3Classifier
 from jaxcls.model.qwen3 import Qwen3Config
-from jaxcls.train import restore
+from jaxcls.train import restore, run_model
 
 
 class Classifier:
@@ -35,12 +37,18 @@ class Classifier:
         max_length: int = 512,
         template: str = "",
         batch_size: int = 16,
+        long_text: str = "truncate",
+        window_stride: int = 0,
+        temperature: float = 1.0,
     ) -> None:
+        """``long_text``, ``window_stride``: as the config keys data.*; ``temperature``: the
+        probabilities are softmax(logits / temperature) (a run's calibration.json)."""
         if len(labels) != head.num_labels:
             raise ValueError(f"{len(labels)} labels for a head of {head.num_labels} classes")
         self.config, self.head, self.labels = config, head, list(labels)
         self.tokenizer, self.max_length, self.template = tokenizer, max_length, template
-        self.batch_size = batch_size
+        self.batch_size, self.long_text, self.window_stride = batch_size, long_text, window_stride
+        self.temperature = float(temperature)
         # Right padding with the tokenizer's pad token (<|endoftext|> for Qwen), else EOS.
         self.pad_id = tokenizer_lib.pad_id(tokenizer)
         if head.scan:  # the scanned model's layout (never differentiated here: bits are fine)
@@ -50,7 +58,7 @@ class Classifier:
 
         def forward(params, ids, mask):
             logits, features = model.apply({"params": params}, ids, mask)
-            return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), features
+            return logits.astype(jnp.float32), features
 
         # Fixed batch size and length buckets: one compilation per bucket.
         self._forward = jax.jit(forward)
@@ -88,9 +96,11 @@ class Classifier:
 
     @classmethod
     def _from_run(cls, path: Path, ckpt: str, dtype: str, batch_size: int) -> Classifier:
-        """A training run at checkpoint ``ckpt``, with LoRA merged into plain kernels."""
-        run, _ = restore.load_run(path, ckpt)
+        """A training run at checkpoint ``ckpt``, with LoRA merged into plain kernels and the
+        run's temperature when it was fitted on this checkpoint."""
+        run, step = restore.load_run(path, ckpt)
         head = dataclasses.replace(run.model.head, dtype=dtype, remat=False)
+        long_text, stride = run_model.long_text_settings(run.cfg.data)
         return cls(
             run.config,
             head,
@@ -100,6 +110,9 @@ class Classifier:
             max_length=run.cfg.data.max_length,
             template=run.cfg.data.template,
             batch_size=batch_size,
+            long_text=long_text,
+            window_stride=stride,
+            temperature=run_dir.load_temperature(path, step) or 1.0,
         )
 
     @classmethod
@@ -122,34 +135,45 @@ class Classifier:
         )
 
     def _run(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities [n, C], features [n, F]) in the order of ``texts``."""
+        """(logits [n, C], features [n, F]) in the order of ``texts``; a text split into
+        windows gets the mean of its windows' logits and features."""
         if isinstance(texts, str):
             raise TypeError("pass a list of texts, not a single string")
-        ids = tokenizer_lib.tokenize(list(texts), self.tokenizer, self.max_length, self.template)
+        ids, row_index = tokenizer_lib.tokenize_rows(
+            list(texts), self.tokenizer, self.max_length, self.template,
+            long_text=self.long_text, stride=self.window_stride,
+        )  # fmt: skip
         # Batches of similar lengths pad little; the results go back to the input order.
         order = np.argsort([len(x) for x in ids], kind="stable").astype(np.int64)
         dataset = batches.Dataset(ids=[ids[i] for i in order], labels=None)
-        probs = np.zeros((len(ids), self.head.num_labels), np.float32)
+        logits = np.zeros((len(ids), self.head.num_labels), np.float32)
         features = np.zeros(
             (len(ids), self.head.projection_dim or self.config.hidden_size), np.float32
         )
         done = 0
         for batch in batches.eval_batches(dataset, self.batch_size, self.pad_id, self.max_length):
-            p, f = jax.device_get(
+            z, f = jax.device_get(
                 self._forward(self.params, batch["input_ids"], batch["attention_mask"])
             )
             rows = order[done : done + int(batch["valid"].sum())]
-            probs[rows], features[rows] = p[: len(rows)], f[: len(rows)]
+            logits[rows], features[rows] = z[: len(rows)], f[: len(rows)]
             done += len(rows)
-        return probs, features
+        if row_index is not None:
+            logits = average_by_row(logits, row_index, len(texts))
+            features = average_by_row(features, row_index, len(texts))
+        return logits, features
+
+    def predict_logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw (uncalibrated) logits [n, num_labels] (float32)."""
+        return self._run(texts)[0]
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Class probabilities [n, num_labels] (float32 softmax; rows sum to 1)."""
-        return self._run(texts)[0]
+        """Class probabilities [n, num_labels]: float32 softmax(logits / self.temperature)."""
+        return calibration.softmax(self._run(texts)[0], self.temperature).astype(np.float32)
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         """The most probable label of each text."""
-        return [self.labels[i] for i in np.argmax(self.predict_proba(texts), axis=-1)]
+        return [self.labels[i] for i in np.argmax(self.predict_logits(texts), axis=-1)]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """The features the contrastive loss sees [n, F] (float32)."""

@@ -24,6 +24,7 @@ _CHOICES = {
     "contrastive.schedule": ("constant", "linear", "cosine", "uncertainty"),
     "contrastive.temperature_schedule": ("constant", "cosine", "learnable"),
     "data.sampler": ("random", "balanced"),
+    "data.long_text": ("truncate", "head_tail", "windows"),
     "train.best_mode": ("max", "min"),
 }
 _POSITIVE = (
@@ -40,7 +41,7 @@ _NON_NEGATIVE = (
     "contrastive.margin contrastive.warmup_steps contrastive.ramp_steps data.max_train_samples "
     "optim.lr optim.weight_decay optim.warmup_steps optim.grad_clip train.epochs train.max_steps "
     "train.eval_every train.save_every train.patience distributed.num_processes "
-    "eval.max_tsne_points"
+    "eval.max_tsne_points data.window_stride"
 ).split()
 _BELOW_ONE = ("lora.dropout", "loss.label_smoothing", "optim.warmup_ratio")
 # What a validation logs (jaxcls.eval.scoring computes them); train.best_metric names one.
@@ -160,6 +161,11 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     except re.error as e:
         raise UserError(f"config key 'lora.targets' is not a valid regex: {e}") from None
     parse_focal_alpha(cfg.loss.focal_alpha, None)
+    if cfg.data.window_stride > cfg.data.max_length:
+        raise UserError(
+            f"config key 'data.window_stride' is {cfg.data.window_stride}; use 0 (max_length // 2)"
+            f" or a step in [1, data.max_length={cfg.data.max_length}]"
+        )
     if cfg.data.template and "{text}" not in cfg.data.template:
         raise UserError("config key 'data.template' must contain the placeholder {text}")
     _check_contrastive(cfg.contrastive)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 
-from jaxcls.data import tables
+from jaxcls.data import batches, splits, tables
 from jaxcls.data.splits import data_paths
-from jaxcls.eval import outputs, scoring
+from jaxcls.eval import calibration, outputs, scoring
 from jaxcls.formats import run_dir
-from jaxcls.train import restore, run_model, sharding, steps
+from jaxcls.train import restore, run_model, sharding
 
 log = logging.getLogger("jaxcls")
 
@@ -22,11 +23,35 @@ log = logging.getLogger("jaxcls")
 DEFAULT_MAX_TSNE_POINTS = 3000
 
 
+Scorer = Callable[[batches.Dataset], tuple[dict, dict]]
+
+
+def scorer(run: run_model.RunModel) -> Scorer:
+    """``scoring.evaluate`` of the run's model on a labelled dataset (the base is placed on the
+    devices once, and the eval step compiles once per shape, for any number of datasets)."""
+    mesh = sharding.make_mesh(run.cfg.devices, run.cfg.mesh.fsdp)
+    sharding.check_batch_size(run.cfg.train.eval_batch_size, mesh, "train.eval_batch_size")
+    # Replicated outputs: every process of a multi-host job gets the whole batch's results.
+    eval_step = run.eval_step(mesh)
+    frozen = run.place_base(mesh)
+    trainable = sharding.put_params(run.trainable, mesh)
+    return lambda dataset: scoring.evaluate(
+        lambda batch: eval_step(trainable, frozen, sharding.put_batch(batch, mesh)),
+        dataset, run.cfg.train.eval_batch_size, run.pad_id, run.cfg.data.max_length,
+        run.label_names,
+    )  # fmt: skip
+
+
 def evaluate_file(
-    run: run_model.RunModel, path: str, table: tables.Table | None = None
+    run: run_model.RunModel,
+    path: str,
+    table: tables.Table | None = None,
+    temperature: float | None = None,
+    score: Scorer | None = None,
 ) -> tuple[dict, dict, tables.Table]:
     """Score the run on a labelled file: (metrics, raw outputs, the scored table); ``table``:
-    the file already read (``run.read_table(path)``).
+    the file already read (``run.read_table(path)``); ``temperature``: the run's fitted one
+    (None: not calibrated), for the ``calibration`` entry; ``score``: a ``scorer(run)``.
 
     Rows whose label training never saw are not scored: they are logged and listed in the
     metrics under ``unseen_labels`` ({"count", "unit", "labels": label -> rows}).
@@ -41,23 +66,50 @@ def evaluate_file(
         )  # fmt: skip
         table = tables.known_rows(table, run.label_names)
     dataset = run.dataset(table)
-    mesh = sharding.make_mesh(run.cfg.devices, run.cfg.mesh.fsdp)
-    sharding.check_batch_size(run.cfg.train.eval_batch_size, mesh, "train.eval_batch_size")
-    # Replicated outputs: every process of a multi-host job gets the whole batch's results.
-    eval_step = jax.jit(
-        steps.make_eval_step(run.model, run.lora, mesh), out_shardings=sharding.replicated(mesh)
-    )
-    frozen = run.place_base(mesh)
-    trainable = sharding.put_params(run.trainable, mesh)
-    result, raw = scoring.evaluate(
-        lambda batch: eval_step(trainable, frozen, sharding.put_batch(batch, mesh)),
-        dataset, run.cfg.train.eval_batch_size, run.pad_id, run.cfg.data.max_length,
-        run.label_names,
-    )  # fmt: skip
+    result, raw = (score or scorer(run))(dataset)
+    labels = dataset.row_labels
+    # ECE (15 bins) and NLL of the test logits before and after the temperature.
+    report = calibration.calibration_report(raw["logits"], labels, temperature or 1.0)
+    result["calibration"] = {**report, "temperature": temperature}
     if unseen:
         count = sum(map(len, unseen.values()))
         result["unseen_labels"] = {"count": count, "unit": table.unit, "labels": unseen}
-    return result, {**raw, "labels": dataset.labels}, table
+    return result, {**raw, "labels": labels}, table
+
+
+def fit_calibration(run: run_model.RunModel, step: int, score: Scorer) -> float | None:
+    """Fit the temperature of checkpoint ``step`` on the run's validation set and save it in
+    calibration.json; None (and no file) with ``eval.calibrate`` off.
+
+    A multi-label run would fit one temperature per class here
+    (``calibration.fit_temperatures_multilabel``) and store the list.
+    """
+    path = Path(run.workdir) / run_dir.CALIBRATION
+    if not bool(run.cfg.get("eval", {}).get("calibrate", False)):
+        if jax.process_index() == 0:
+            path.unlink(missing_ok=True)  # a temperature of an earlier fit no longer applies
+        return None
+    # The validation rows the run was trained against, as training read them (same seed).
+    val = splits.read_inputs(run.cfg.data, run.cfg.seed).val
+    dataset = run.dataset(val)
+    _, raw = score(dataset)
+    labels = dataset.row_labels
+    temperature = calibration.fit_temperature(raw["logits"], labels)
+    fit = calibration.calibration_report(raw["logits"], labels, temperature)
+    record = {
+        "temperature": temperature,
+        "checkpoint_step": step,
+        "fitted_on": str(Path(val.path).absolute()),
+        "rows": len(labels),
+        **{f"val_{k}": fit[k] for k in ("nll_before", "nll_after", "ece_before", "ece_after")},
+    }
+    if jax.process_index() == 0:
+        run_dir.save_calibration(Path(run.workdir), record)
+    log.info(
+        "calibration: temperature %.4f fitted on %d validation rows (NLL %.4f -> %.4f): %s",
+        temperature, len(labels), fit["nll_before"], fit["nll_after"], path,
+    )  # fmt: skip
+    return temperature
 
 
 def version() -> str:
@@ -116,16 +168,33 @@ def write_outputs(
     )  # fmt: skip
 
 
-def evaluate_after_training(cfg: Any, workdir: str | Path) -> None:
-    """Evaluate the best checkpoint on the run's test file: ``data.test`` as resolved in its
-    config.json (the demo's test split by default, data.split's test part in RUN/data/)."""
-    saved = run_dir.read_config(Path(workdir)).data
-    test = data_paths(saved.train, saved.val, saved.test)["test"]
-    if not Path(test).is_file():
+def evaluate_after_training(
+    cfg: Any, workdir: str | Path, run: run_model.RunModel | None = None
+) -> None:
+    """Fit the best checkpoint's temperature on validation (``eval.calibrate``), then evaluate
+    it on the run's test file: ``data.test`` as resolved in its config.json (the demo's test
+    split by default, data.split's test part in RUN/data/).
+
+    ``run``: the model training used (its base already placed, its eval step compiled),
+    given the best checkpoint's weights here; else the run is loaded from ``workdir``.
+    """
+    saved = run_dir.read_config(Path(workdir))
+    test = data_paths(saved.data.train, saved.data.val, saved.data.test)["test"]
+    has_test = Path(test).is_file()
+    if not has_test:
         log.info("no test file (%s); skipping the final evaluation", test)
+    calibrate = bool(saved.get("eval", {}).get("calibrate", False))
+    if not has_test and not calibrate:
         return
-    run, step = restore.load_run(Path(workdir), "best")
-    result, raw, table = evaluate_file(run, test)
+    if run is None:
+        run, step = restore.load_run(Path(workdir), "best")
+    else:
+        step = restore.restore_trainable(run, Path(workdir), "best")
+    score = scorer(run)
+    temperature = fit_calibration(run, step, score)
+    if not has_test:
+        return
+    result, raw, table = evaluate_file(run, test, temperature=temperature, score=score)
     outputs.print_summary(result, run.label_names)
     if jax.process_index() == 0:
         write_outputs(run, result, raw, table, Path(workdir) / "eval", step=step)

@@ -15,6 +15,9 @@ not), it is written as ``OUT/base`` and named as the adapter's base.
 for transformers or vLLM. Tensor names go through ``jaxcls.formats.hf_keys``, the converter's
 table.
 The projection head and the contrastive loss state are training-only and are not exported.
+Both formats give the model's raw logits: the temperature a run fitted on validation
+(``RUN/calibration.json``, config key eval.calibrate) is not folded in; divide the logits by its
+``temperature`` before the softmax for the calibrated probabilities of ``predict.py``.
 """
 
 from __future__ import annotations

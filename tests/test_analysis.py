@@ -37,7 +37,7 @@ WORDS = {
     "中性": ["一般", "还行", "普通", "凑合", "okay", "plain"],
 }
 FILLER = ["这个", "手机", "电影", "服务", "the", "really", "也", "很"]
-PNGS = ("tsne.png", "confusion.png", "curves.png", "centroids.png")
+PNGS = ("tsne.png", "confusion.png", "curves.png", "centroids.png", "calibration.png")
 
 
 def write_split(path: Path, n_per_class: int, seed: int) -> Path:

@@ -4,7 +4,10 @@ jaxcls import inside a library function, no private name imported from another m
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -143,3 +146,45 @@ def test_ruff_is_clean():
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def jaxcls_modules_named_by(path: Path) -> set[str]:
+    """The jaxcls modules a benchmark script or shell script imports (at any depth)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".py":
+        names = set()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    else:
+        names = set(re.findall(r"\bjaxcls(?:\.\w+)+", text))
+    return {name for name in names if name.split(".")[0] == "jaxcls"}
+
+
+def resolves(name: str) -> bool:
+    """``name`` is an importable module, or a name defined in one (``jaxcls.x.function``)."""
+    try:
+        if importlib.util.find_spec(name) is not None:
+            return True
+    except ModuleNotFoundError:  # a parent of ``name`` is not a package
+        pass
+    parent, _, attr = name.rpartition(".")
+    try:
+        return bool(parent) and hasattr(importlib.import_module(parent), attr)
+    except ModuleNotFoundError:
+        return False
+
+
+def test_benchmarks_import_modules_that_exist():
+    """A module move leaves no benchmark importing the old path (benchmarks have no tests)."""
+    scripts = [p for p in sorted((ROOT / "benchmarks").iterdir()) if p.suffix in (".py", ".sh")]
+    missing = [
+        f"{path.name}: {name}"
+        for path in scripts
+        for name in sorted(jaxcls_modules_named_by(path))
+        if not resolves(name)
+    ]
+    assert not missing
+    assert not resolves("jaxcls.steps") and resolves("jaxcls.train.steps.make_train_step")

@@ -137,3 +137,44 @@ def test_eval_step_is_a_shard_map_over_the_rows():
     (shard_map,) = shard_maps(jax.make_jaxpr(step)(trainable, frozen, batch).jaxpr)
     assert {str(spec) for spec in shard_map.params["in_specs"]} == {"P()", "P('data',)"}
     assert collectives(shard_map.params["jaxpr"]) == []  # rows are independent
+
+
+def test_one_device_draws_the_plain_jit_dropout_masks():
+    """On one device the step's dropout masks are those of the step's own key, as a plain
+    (no shard_map) loss computation draws them: the pre-shard_map stream, unchanged."""
+    cfg = load_config("configs/tiny.py")
+    cfg.contrastive.loss, cfg.loss.classification, cfg.lora.dropout = "none", "ce", 0.5
+    model, heads, frozen = tiny()
+    settings = StepSettings.from_config(cfg, 10)
+    adapters = lora.init(frozen, settings.lora, jax.random.key(1))
+    # B = 0 leaves the branch out of the output; a nonzero B makes dropout matter.
+    adapters = jax.tree.map(lambda x: x + 0.5, adapters)
+    trainable = {"adapters": adapters, "params": heads, "extra": {}}
+    opt = steps.make_optimizer(OptimSettings.from_config(cfg.optim), 10)
+    state = steps.TrainState(
+        step=jnp.asarray(3, jnp.int32), trainable=trainable, opt_state=opt.init(trainable),
+        rng=jax.random.PRNGKey(7), bad_steps=jnp.zeros((), jnp.int32),
+    )  # fmt: skip
+    rows = np.random.default_rng(0)
+    batch = {
+        "input_ids": rows.integers(1, 31, (1, 4, 6)).astype(np.int32),
+        "attention_mask": np.ones((1, 4, 6), np.int32),
+        "labels": np.array([[0, 1, 2, 1]], np.int32),
+        "valid": np.ones((1, 4), np.float32),
+    }
+    step = jax.jit(steps.make_train_step(model, settings, opt, sharding.make_mesh("0")))
+    _, metrics = step(state, frozen, batch)
+
+    def plain_loss(key):
+        params = steps.assemble(trainable, frozen, settings.lora, train=True)
+        logits, _ = model.apply(
+            {"params": params}, batch["input_ids"][0], batch["attention_mask"][0],
+            deterministic=False, rngs={"dropout": key},
+        )  # fmt: skip
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+        return -jnp.mean(jnp.take_along_axis(log_probs, batch["labels"][0][:, None], axis=1))
+
+    key = jax.random.fold_in(state.rng, state.step)
+    assert abs(float(metrics["cls_loss"]) - float(plain_loss(key))) < 1e-6
+    # The masks matter: another key gives another loss.
+    assert abs(float(metrics["cls_loss"]) - float(plain_loss(jax.random.fold_in(key, 0)))) > 1e-4

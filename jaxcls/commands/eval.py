@@ -84,10 +84,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "jaxcls eval") -> int:
 
     if args.lora_model:
         run, what, step = run_model.from_peft(cfg, args.lora_model), f"adapter {workdir}", None
+        temperature = None
     else:
         run, step = load_run(workdir, ckpt)
         what = f"checkpoint {step}"
-    result, outputs, table = evaluate_run.evaluate_file(run, path, table)
+        # The run's temperature when fitted on this checkpoint (None: uncalibrated).
+        temperature = run_dir.load_temperature(workdir, step)
+    result, outputs, table = evaluate_run.evaluate_file(run, path, table, temperature)
     print_summary(result, run.label_names)
     evaluate_run.write_outputs(run, result, outputs, table, out, step=step)
     print(f"{what} on {path}: metrics, predictions and report.html in {out}")

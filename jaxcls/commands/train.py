@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import shutil
 import sys
 from collections.abc import Sequence
@@ -121,10 +122,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "jaxcls train") -> int:
 
     from jaxcls.evaluate_run import evaluate_after_training
     from jaxcls.train.distributed import maybe_initialize
-    from jaxcls.train.trainer import train_and_evaluate
+    from jaxcls.train.trainer import Trainer
 
     maybe_initialize(cfg)
-    result = train_and_evaluate(cfg, workdir, inputs)
+    trainer = Trainer(cfg, workdir, inputs)
+    result = trainer.fit()
+    # The test evaluation reuses the training's model (base placed, eval step compiled); the
+    # rest of the trainer (optimizer state, train step) goes first.
+    run, trainer = trainer.run, None
+    gc.collect()
     if result["status"] != "interrupted":
-        evaluate_after_training(cfg, result["workdir"])
+        evaluate_after_training(cfg, result["workdir"], run)
     return 0

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jaxcls.data.tables import Table, encode_labels
-from jaxcls.data.tokenizer import tokenize
+from jaxcls.data.tokenizer import tokenize_rows
 from jaxcls.errors import UserError
 
 log = logging.getLogger("jaxcls")
@@ -35,10 +35,15 @@ SAMPLERS = ("random", "balanced")
 
 @dataclass(frozen=True)
 class Dataset:
-    """Token ids (int32, unpadded, at most max_length each) and label indices (int32 or None)."""
+    """Token ids (int32, unpadded, at most max_length each) and label indices (int32 or None).
+
+    With ``data.long_text = windows`` a sequence is a window of a row: ``row_index`` [W] gives
+    its row (windows of a row are consecutive) and ``labels`` are the rows' labels per window.
+    """
 
     ids: list[np.ndarray]
     labels: np.ndarray | None
+    row_index: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -47,14 +52,32 @@ class Dataset:
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
 
+    @property
+    def n_rows(self) -> int:
+        """Rows (texts) of the table; more than ``len(self)`` when texts were split."""
+        return len(self) if self.row_index is None else int(self.row_index.max(initial=-1)) + 1
+
+    @property
+    def row_labels(self) -> np.ndarray | None:
+        """One label per row (the first window's)."""
+        if self.labels is None or self.row_index is None:
+            return self.labels
+        return self.labels[np.searchsorted(self.row_index, np.arange(self.n_rows))]
+
 
 def make_dataset(
-    table: Table, tokenizer, label_names: Sequence[str] | None, max_length: int, template: str = ""
-) -> Dataset:
-    """Tokenize a table once; labels are encoded when ``label_names`` is given."""
-    ids = tokenize(table.texts, tokenizer, max_length, template, source=str(table.path))
+    table: Table, tokenizer, label_names: Sequence[str] | None, max_length: int, template: str = "",
+    long_text: str = "truncate", stride: int = 0,
+) -> Dataset:  # fmt: skip
+    """Tokenize a table once (``tokenize_rows``); labels are encoded when ``label_names`` is
+    given, and every window of a row carries the row's label."""
+    ids, row_index = tokenize_rows(
+        table.texts, tokenizer, max_length, template, str(table.path), long_text, stride
+    )
     labels = None if label_names is None else encode_labels(table, label_names)
-    return Dataset(ids=ids, labels=labels)
+    if labels is not None and row_index is not None:
+        labels = labels[row_index]
+    return Dataset(ids=ids, labels=labels, row_index=row_index)
 
 
 def buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from transformers import AutoTokenizer
 
+from jaxcls.data import long_text as long_text_lib
 from jaxcls.errors import UserError
 
 log = logging.getLogger("jaxcls")
@@ -57,3 +58,39 @@ def tokenize(
             source, len(long), len(ids), max_length,
         )  # fmt: skip
     return [np.asarray(x, dtype=np.int32) for x in ids]
+
+
+LONG_TEXT = ("truncate", "head_tail", "windows")
+
+
+def tokenize_rows(
+    texts: Sequence[str], tokenizer, max_length: int, template: str = "", source: str = "texts",
+    long_text: str = "truncate", stride: int = 0,
+) -> tuple[list[np.ndarray], np.ndarray | None]:  # fmt: skip
+    """(token ids per sequence, the row of each sequence or None) under ``data.long_text``.
+
+    ``truncate``: ``tokenize``; ``head_tail``: the first max_length // 4 and the last tokens of
+    a long text; ``windows``: overlapping windows of max_length tokens, consecutive starts
+    ``stride`` apart (0 = max_length // 2), with ``row_index`` [W] naming each window's text.
+    """
+    if long_text == "truncate":
+        return tokenize(texts, tokenizer, max_length, template, source), None
+    if long_text not in LONG_TEXT:
+        raise UserError(f"data.long_text must be one of {', '.join(LONG_TEXT)}, got {long_text!r}")
+    full = tokenize(texts, tokenizer, 2**62, template, source)  # nothing is cut
+    n_long = sum(len(x) > max_length for x in full)
+    if long_text == "head_tail":
+        ids = [long_text_lib.head_tail(x, max_length) for x in full]
+        if n_long:
+            log.info(
+                "%s: %d of %d texts longer than max_length=%d tokens keep their head and tail",
+                source, n_long, len(full), max_length,
+            )  # fmt: skip
+        return [np.asarray(x, dtype=np.int32) for x in ids], None
+    ids, row_index = long_text_lib.windows(full, max_length, stride or max(1, max_length // 2))
+    if n_long:
+        log.info(
+            "%s: %d of %d texts longer than max_length=%d tokens make %d windows in all",
+            source, n_long, len(full), max_length, len(ids),
+        )  # fmt: skip
+    return [np.asarray(x, dtype=np.int32) for x in ids], row_index

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from jaxcls.data.tables import Table
-from jaxcls.eval import plots, report
+from jaxcls.eval import calibration, plots, report
 from jaxcls.eval.scoring import scalars
 
 log = logging.getLogger("jaxcls")
@@ -20,11 +20,9 @@ log = logging.getLogger("jaxcls")
 MISTAKES = 20
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (probabilities of predictions.xlsx and the mistakes)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
+def fitted_temperature(result: dict) -> float | None:
+    """The temperature of ``result["calibration"]`` (None: none fitted)."""
+    return (result.get("calibration") or {}).get("temperature")
 
 
 def confident_mistakes(
@@ -68,9 +66,12 @@ def write_outputs(
     ``meta``: what was evaluated (run, checkpoint, data file, date, version), at the top of
     metrics.json and the report; ``max_tsne_points``: 0 skips the t-SNE picture;
     ``train_ce``: the run's classification loss is plain cross-entropy (``plots.curve_panels``).
+    Probabilities (predictions.xlsx, mistakes) are softmax(logits / T) with the run's fitted
+    temperature T (``result["calibration"]``), else plain softmax; calibration.png compares them.
     """
     out.mkdir(parents=True, exist_ok=True)
-    probs = softmax(outputs["logits"])
+    temperature = fitted_temperature(result) or 1.0
+    probs = calibration.softmax(outputs["logits"], temperature)
     gold = np.asarray(outputs["labels"])
     mistakes = confident_mistakes(probs, gold, table, names)
     summary = {"meta": meta or {}, **result, "mistakes": mistakes}
@@ -94,6 +95,10 @@ def write_outputs(
     else:
         (out / "tsne.png").unlink(missing_ok=True)  # not a stale picture of an earlier run
         log.info("t-SNE skipped (eval.max_tsne_points=0)")
+    if "calibration" in result:
+        images["Reliability diagram (before / after temperature scaling)"] = out / "calibration.png"
+        before = calibration.softmax(outputs["logits"])
+        calibration.plot_reliability(before, probs, gold, out / "calibration.png")
     images["Class-centroid similarity"] = out / "centroids.png"
     plots.plot_centroids(result["centroid_similarity"], names, images["Class-centroid similarity"])
     if metrics_log is not None and metrics_log.is_file():
@@ -101,7 +106,7 @@ def write_outputs(
         plots.plot_curves(metrics_log, images["Training curves"], train_ce=train_ce)
     report.write_report(
         out / "report.html",
-        scalars(result),
+        {**scalars(result), **calibration_scalars(result)},
         result["per_class"],
         images,
         title=title,
@@ -109,6 +114,11 @@ def write_outputs(
         mistakes=mistakes,
         unseen=result.get("unseen_labels"),
     )
+
+
+def calibration_scalars(result: dict) -> dict:
+    """``result["calibration"]`` as ``calibration/<key>`` rows of the report's metrics table."""
+    return {f"calibration/{k}": v for k, v in (result.get("calibration") or {}).items()}
 
 
 def _tsne(outputs: dict, names: list[str], path: Path, max_points: int) -> None:
@@ -142,6 +152,13 @@ def print_summary(result: dict, names: list[str]) -> None:
     lines.append("confusion matrix (rows = gold, columns = predicted):")
     for name, row in zip(names, result["confusion_matrix"], strict=True):
         lines.append(f"{name:>{width}}  " + " ".join(f"{v:6d}" for v in row))
+    cal = result.get("calibration")
+    if cal:
+        t = "none fitted" if cal["temperature"] is None else f"{cal['temperature']:.4f}"
+        lines.append(
+            f"calibration (temperature {t}): ECE ({cal['ece_bins']} bins) {cal['ece_before']:.4f}"
+            f" -> {cal['ece_after']:.4f}, NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}"
+        )
     unseen = result.get("unseen_labels")
     if unseen:
         lines.append(

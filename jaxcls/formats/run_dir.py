@@ -1,8 +1,10 @@
-"""The run directory: config.json, labels.json, metrics.jsonl, checkpoints/, and runs/LATEST."""
+"""The run directory: config.json, labels.json, metrics.jsonl, calibration.json, checkpoints/,
+and runs/LATEST."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -18,7 +20,10 @@ from jaxcls.files import write_text_atomic
 CONFIG = "config.json"
 LABELS = "labels.json"
 METRICS = "metrics.jsonl"
+CALIBRATION = "calibration.json"
 LATEST = "LATEST"
+
+log = logging.getLogger("jaxcls")
 
 
 def mark_latest(workdir: Path) -> None:
@@ -76,6 +81,34 @@ def load_labels(path: str | os.PathLike) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise UserError(f"{path}: expected a JSON list of label strings")
     return names
+
+
+def save_calibration(workdir: Path, record: dict[str, Any]) -> None:
+    """Write ``calibration.json`` (atomic): ``temperature`` and ``checkpoint_step`` at least."""
+    text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
+    write_text_atomic(workdir / CALIBRATION, text)
+
+
+def load_temperature(workdir: Path, step: int) -> float | None:
+    """The temperature fitted on checkpoint ``step`` of the run; None (uncalibrated) when the
+    run has none, or one fitted on another checkpoint (logged)."""
+    path = Path(workdir) / CALIBRATION
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        temperature, fitted_on = float(record["temperature"]), int(record["checkpoint_step"])
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
+    if fitted_on != step:
+        log.warning(
+            "%s: the temperature was fitted on checkpoint %d, not %d; probabilities are "
+            "uncalibrated", path, fitted_on, step,
+        )  # fmt: skip
+        return None
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise UserError(f"{path}: temperature {temperature} is not a positive number")
+    return temperature
 
 
 def check_labels(workdir: Path, label_names: list[str]) -> None:

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcls.model.lora import KERNEL_BITS
+
 PyTree = Any
 STACKED = "layers"
 _LAYER = re.compile(r"^layers_(\d+)$")
@@ -104,8 +106,6 @@ def unstack_layers(tree: PyTree) -> PyTree:
 
 def _to_bits(x: Any) -> Any:
     """A 16-bit float array as its integer bits (a NumPy view: no copy); others unchanged."""
-    from jaxcls.model.lora import KERNEL_BITS
-
     bits = KERNEL_BITS.get(np.dtype(x.dtype))
     if bits is None:
         return x

@@ -40,10 +40,25 @@ def load_run(workdir: Path, ckpt: str = "best") -> tuple[run_model.RunModel, int
     ckpts = checkpoints.open_checkpoints(workdir, cfg)
     step = ckpts.resolve(ckpt)  # before the slow model build: a wrong --ckpt fails at once
     run = run_model.build(cfg, workdir, label_names, write_base=False, warm_start=False)
-    optimizer = steps.make_optimizer(OptimSettings.from_config(cfg.optim), 1)
+    restore_trainable(run, workdir, ckpt, ckpts)
+    log.info("loaded %s at step %d", workdir, step)
+    return run, step
+
+
+def restore_trainable(
+    run: run_model.RunModel,
+    workdir: Path,
+    ckpt: str = "best",
+    ckpts: checkpoints.Checkpoints | None = None,
+) -> int:
+    """Give ``run`` the trainable state of checkpoint ``ckpt`` of ``workdir``; its step.
+
+    ``ckpts``: the run's checkpoints already open (closed here)."""
+    ckpts = ckpts or checkpoints.open_checkpoints(workdir, run.cfg)
+    step = ckpts.resolve(ckpt)
+    optimizer = steps.make_optimizer(OptimSettings.from_config(run.cfg.optim), 1)
     template = jax.eval_shape(lambda t: new_state(t, optimizer, 0), run.trainable)
     state, _ = ckpts.restore(step, template)
     ckpts.close()
     run.trainable = state.trainable
-    log.info("loaded %s at step %d", workdir, step)
-    return run, step
+    return step

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ class RunModel:
     trainable: PyTree  # {"adapters", "params", "extra"} (host or device arrays)
     frozen: PyTree
     train_base: bool
+    base_mesh: Any = None  # the mesh place_base put ``frozen`` on (None: host arrays)
+    eval_steps: dict = dataclasses.field(default_factory=dict)
 
     @property
     def pad_id(self) -> int:
@@ -51,8 +54,9 @@ class RunModel:
 
     def dataset(self, table: tables.Table, labelled: bool = True) -> batches.Dataset:
         names = self.label_names if labelled else None
+        data = self.cfg.data
         return batches.make_dataset(
-            table, self.tokenizer, names, self.cfg.data.max_length, self.cfg.data.template
+            table, self.tokenizer, names, data.max_length, data.template, *long_text_settings(data)
         )
 
     def read_table(self, path: str, labelled: bool = True) -> tables.Table:
@@ -64,20 +68,39 @@ class RunModel:
         """Move the frozen base onto ``mesh`` in the steps' layout (layers stacked, kernels as
         bits: ``layerstack.step_layout``), releasing the host copy as it goes so the process
         never holds the base twice; ``self.frozen`` is then that device tree, which is returned.
+        Placed once: later calls with the same mesh return it as it is.
         """
+        if self.base_mesh is mesh:
+            return self.frozen
         with runtime.large_blocks_unmapped_on_free():
             layout = layerstack.step_layout(
                 self.frozen, steps.scanned_layers(self.model), consume=True
             )
             self.frozen = None
             self.frozen = sharding.move_params(layout, mesh)
+        self.base_mesh = mesh
         return self.frozen
+
+    def eval_step(self, mesh: Any) -> Callable:
+        """The jitted eval step on ``mesh`` (``steps.make_eval_step``), made once per mesh, so
+        validation in training and the final test evaluation share one compilation."""
+        if mesh not in self.eval_steps:
+            self.eval_steps[mesh] = jax.jit(
+                steps.make_eval_step(self.model, self.lora, mesh),
+                out_shardings=sharding.replicated(mesh),
+            )
+        return self.eval_steps[mesh]
 
     def merged_params(self, trainable: PyTree | None = None) -> PyTree:
         """Plain params with LoRA folded in (inference and export)."""
         trainable = self.trainable if trainable is None else trainable
         params = lora.combine(self.frozen, trainable["params"])
         return lora.merge(params, trainable["adapters"], self.lora)
+
+
+def long_text_settings(data: Any) -> tuple[str, int]:
+    """(``data.long_text``, ``data.window_stride``); a run dir from before the keys truncates."""
+    return data.get("long_text", "truncate"), int(data.get("window_stride", 0))
 
 
 def from_peft(cfg: Any, peft_path: str | Path) -> RunModel:

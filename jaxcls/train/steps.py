@@ -26,7 +26,9 @@ The ``fsdp`` axis is left to the compiler (``axis_names={"data"}``): the base ke
 over it by ``sharding.FSDP_RULES`` are all-gathered where a layer uses them, and the rows of a
 data shard are split over its fsdp devices, as without ``shard_map``. Dropout draws a separate
 mask on each data shard (the step's key folded with the shard index), as data-parallel
-training does; splitting the rows over ``fsdp`` leaves the masks unchanged.
+training does; shard 0 uses the step's key itself, so a one-device run draws the masks it
+drew before the step was a ``shard_map``. Splitting the rows over ``fsdp`` leaves the
+masks unchanged.
 """
 
 from __future__ import annotations
@@ -202,7 +204,10 @@ def batch_gradients(
     )
     # Each device differentiates its own copy of the weights and its own dropout masks.
     local = jax.lax.pcast(trainable, DATA, to="varying")
-    rng = jax.random.fold_in(rng, jax.lax.axis_index(DATA))
+    # Shard 0 keeps the step's key (a one-device run draws the masks it drew before the step
+    # was a shard_map); shard i > 0 folds in i.
+    shard = jax.lax.axis_index(DATA)
+    rng = jnp.where(shard == 0, rng, jax.random.fold_in(rng, shard))
     n_micro = batch["labels"].shape[0]
     if cached_contrastive.applies(settings, n_micro):
         forward = functools.partial(micro_batch_outputs, model=model, settings=settings)

@@ -186,9 +186,7 @@ class Trainer:
             donate_argnums=(0,),
             out_shardings=(self.state_shardings, replicated),
         )
-        self.eval_step = jax.jit(
-            steps.make_eval_step(self.run.model, settings.lora, self.mesh), out_shardings=replicated
-        )
+        self.eval_step = self.run.eval_step(self.mesh)
         self.lr_at = schedules.learning_rate(optim, self.n_steps)
 
     def _class_alpha(self) -> tuple[float, ...] | None:
