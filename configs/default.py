@@ -137,6 +137,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.contrastive.temperature_min = 0.02
     # Upper clip of the learnable temperature.
     config.contrastive.temperature_max = 1.0
+    # With optim.accumulate > 1: one contrastive loss over the rows of all micro-batches (as one
+    # big batch), memory of one micro-batch, one extra forward each (GradCache); false = a
+    # contrastive loss per micro-batch. No effect when optim.accumulate = 1.
+    config.contrastive.cached = True
 
     # Input files and batching.
     config.data = ml_collections.ConfigDict()

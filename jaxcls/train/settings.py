@@ -90,6 +90,7 @@ class ContrastiveSettings:
     temperature_end: float
     temperature_min: float
     temperature_max: float
+    cached: bool  # with accumulation: one contrastive loss over all micro-batches (GradCache)
 
     def __post_init__(self) -> None:
         assert self.scope in ("global", "local"), self.scope

@@ -3,7 +3,9 @@
 The trainable state is ``{"adapters": LoRA factors, "params": heads (+ the base when it
 trains), "extra": learnable temperature / loss weights}``; the frozen base is a separate
 argument that is never differentiated. A train batch carries a leading micro-batch axis
-``[A, B, ...]`` (A = ``optim.accumulate``); gradients are summed over it with ``lax.scan``.
+``[A, B, ...]`` (A = ``optim.accumulate``); gradients are summed over it with ``lax.scan``,
+each micro-batch with its own contrastive loss, or, with ``contrastive.cached``, one
+contrastive loss over all A micro-batches (``cached_contrastive``: two passes).
 
 The gradient runs per device under ``jax.shard_map`` over the mesh's ``data`` axis; each
 device holds its rows of the batch and computes, with scalar collectives, the loss of the
@@ -44,7 +46,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcls.model import layerstack, lora
 from jaxcls.model.classifier import Qwen3Classifier
-from jaxcls.train import objectives, schedules, sharding
+from jaxcls.train import cached_contrastive, objectives, schedules, sharding
 from jaxcls.train.settings import ContrastiveSettings, OptimSettings, StepSettings
 
 Array = jax.Array
@@ -112,51 +114,19 @@ def scanned_layers(model: Qwen3Classifier) -> int:
 # ---------------------------------------------------------------- train step (per device)
 
 
-def contrastive_term(
-    con: ContrastiveSettings,
-    features: Array,
-    labels: Array,
-    valid: Array,
-    temperature: Array,
-    fsdp: int,
-    multi_label: bool = False,
-) -> Array:
-    """The contrastive loss of the global batch, from this data shard's rows ``[b, D]``.
-
-    ``global``: of the gathered batch ``[B, D]`` (the same value on every device). ``local``:
-    the mean over devices of each device's loss on its own rows; a data shard's rows are
-    split over its ``fsdp`` devices, so each of ``fsdp`` consecutive groups is one device's.
-    """
-    if con.loss == "none":
-        return jnp.zeros((), jnp.float32)
-
-    def loss(f: Array, y: Array, v: Array) -> Array:
-        return objectives.contrastive(con, multi_label, f, y, v, temperature)
-
-    if con.scope == "global":
-        gather = functools.partial(jax.lax.all_gather, axis_name=DATA, axis=0, tiled=True)
-        return loss(gather(features), gather(labels), gather(valid))
-    split = lambda x: x.reshape(fsdp, -1, *x.shape[1:])  # noqa: E731
-    per_device = jax.vmap(loss)(split(features), split(labels), split(valid))
-    return jax.lax.pmean(jnp.mean(per_device), DATA)
-
-
-def micro_batch_loss(
+def micro_batch_outputs(
     trainable: PyTree,
     frozen: PyTree,
     batch: Batch,
     rng: Array,
-    step: Array,
     *,
     model: Qwen3Classifier,
     settings: StepSettings,
-    fsdp: int,
-) -> tuple[Array, dict[str, Array]]:
-    """``(loss, metrics)`` of one global micro-batch, from this device's rows of it.
+) -> tuple[Array, Array, Array]:
+    """``(cls, accuracy, features)`` of one global micro-batch, from this device's rows.
 
-    Every device returns the same values (``pmean`` makes them one); differentiated with
-    respect to this device's copy of ``trainable``, the loss gives this device's share of
-    the gradient.
+    ``cls`` and ``accuracy`` are means over the valid rows of the whole global micro-batch
+    (the same on every device); ``features`` ``[b, D]`` are this device's rows'.
     """
     params = assemble(
         trainable, frozen, settings.lora, train=True, scan_layers=scanned_layers(model)
@@ -177,27 +147,35 @@ def micro_batch_loss(
     )
     cls = jax.lax.psum(cls_mean * jnp.maximum(n_local, 1.0), DATA) / n_valid
     accuracy = jax.lax.psum(jnp.sum(hits.astype(jnp.float32)), DATA) / n_valid
+    return cls, accuracy, features
 
-    con, extra = settings.contrastive, trainable["extra"]
-    temperature = schedules.temperature(
-        con, step, settings.total_steps, extra.get("log_temperature")
+
+def micro_batch_loss(
+    trainable: PyTree,
+    frozen: PyTree,
+    batch: Batch,
+    rng: Array,
+    step: Array,
+    *,
+    model: Qwen3Classifier,
+    settings: StepSettings,
+    fsdp: int,
+) -> tuple[Array, dict[str, Array]]:
+    """``(loss, metrics)`` of one global micro-batch, from this device's rows of it.
+
+    Every device returns the same values (``pmean`` makes them one); differentiated with
+    respect to this device's copy of ``trainable``, the loss gives this device's share of
+    the gradient.
+    """
+    cls, accuracy, features = micro_batch_outputs(
+        trainable, frozen, batch, rng, model=model, settings=settings
     )
-    con_loss = contrastive_term(
-        con, features, labels, valid, temperature, fsdp, settings.multi_label
+    total, parts = objectives.total_loss(
+        settings, step, trainable["extra"], cls, features, batch["labels"], batch["valid"], fsdp
     )
-    weight = schedules.contrastive_weight(con, step)
-    if "log_vars" in extra:
-        s = extra["log_vars"]
-        total = jnp.exp(-s[0]) * cls + 0.5 * s[0]
-        total = total + weight * (jnp.exp(-s[1]) * con_loss + 0.5 * s[1])
-        weight = weight * jnp.exp(s[0] - s[1])  # the effective weight relative to cls
-    else:
-        total = cls + weight * con_loss
-    parts = {"cls_loss": cls, "con_loss": con_loss, "con_weight": weight}
-    parts.update(temperature=temperature, accuracy=accuracy)
     # The values are equal on every device; pmean makes them one value (invariant over the
     # data axis), so the gradient of each device's copy is its share, not a multiple.
-    return jax.lax.pmean((total, parts), DATA)
+    return jax.lax.pmean((total, {**parts, "accuracy": accuracy}), DATA)
 
 
 def batch_gradients(
@@ -213,7 +191,9 @@ def batch_gradients(
 ) -> tuple[Array, dict[str, Array], PyTree]:
     """``(loss, metrics, grads)`` of a global batch ``[A, B, ...]``: the shard_map body.
 
-    Means over the A micro-batches; ``grads`` summed over devices (the same on all).
+    Means over the A micro-batches; ``grads`` summed over devices (the same on all). With
+    ``contrastive.cached`` the contrastive loss is one over all A micro-batches
+    (``cached_contrastive``), else each micro-batch has its own.
     """
     grad_fn = jax.value_and_grad(
         functools.partial(micro_batch_loss, model=model, settings=settings, fsdp=fsdp),
@@ -226,7 +206,13 @@ def batch_gradients(
     shard = jax.lax.axis_index(DATA)
     rng = jnp.where(shard == 0, rng, jax.random.fold_in(rng, shard))
     n_micro = batch["labels"].shape[0]
-    if n_micro == 1:
+    if cached_contrastive.applies(settings, n_micro):
+        forward = functools.partial(micro_batch_outputs, model=model, settings=settings)
+        loss, parts, grads = cached_contrastive.gradients(
+            local, frozen, batch, rng, step, forward=forward, settings=settings, fsdp=fsdp
+        )
+        n_micro = 1  # the gradient of the step's loss already, not a sum of A
+    elif n_micro == 1:
         first = jax.tree_util.tree_map(lambda x: x[0], batch)
         (loss, parts), grads = grad_fn(local, frozen, first, rng, step)
     else:
@@ -306,6 +292,20 @@ def _project_extra(trainable: PyTree, con: ContrastiveSettings) -> PyTree:
     return {**trainable, "extra": extra}
 
 
+def make_gradients(
+    model: Qwen3Classifier, settings: StepSettings, mesh: Mesh
+) -> Callable[..., tuple[Array, dict[str, Array], PyTree]]:
+    """``gradients(trainable, frozen, batch, rng, step) -> (loss, metrics, grads)``: the
+    ``batch_gradients`` of the train step, as a ``shard_map`` over ``mesh``."""
+    return jax.shard_map(
+        functools.partial(batch_gradients, model=model, settings=settings, fsdp=mesh.shape[FSDP]),
+        mesh=mesh,
+        in_specs=(P(), P(), P(None, DATA), P(), P()),
+        out_specs=(P(), P(), P()),
+        axis_names={DATA},
+    )
+
+
 def make_train_step(
     model: Qwen3Classifier,
     settings: StepSettings,
@@ -317,13 +317,7 @@ def make_train_step(
     ``batch`` is ``[A, B, ...]`` with B split over the mesh (``sharding.put_batch(...,
     batch_axis=1)``); the state and the base are placed by ``sharding.FSDP_RULES``.
     """
-    gradients = jax.shard_map(
-        functools.partial(batch_gradients, model=model, settings=settings, fsdp=mesh.shape[FSDP]),
-        mesh=mesh,
-        in_specs=(P(), P(), P(None, DATA), P(), P()),
-        out_specs=(P(), P(), P()),
-        axis_names={DATA},
-    )
+    gradients = make_gradients(model, settings, mesh)
 
     def train_step(state: TrainState, frozen: PyTree, batch: Batch):
         rng = jax.random.fold_in(state.rng, state.step)
