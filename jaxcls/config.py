@@ -364,8 +364,27 @@ def config_to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False) + "\n"
 
 
-def config_from_json(text: str) -> ml_collections.ConfigDict:
-    """The inverse of config_to_json; the result is locked."""
-    cfg = ml_collections.ConfigDict(json.loads(text))
+def config_from_json(
+    text: str, defaults: ml_collections.ConfigDict | None = None
+) -> ml_collections.ConfigDict:
+    """The inverse of config_to_json; the result is locked.
+
+    ``defaults``: a config whose keys missing from ``text`` are filled in (a run's
+    config.json written before those keys existed reads as if it had their defaults).
+    """
+    saved = json.loads(text)
+    if defaults is not None:
+        saved = _with_missing(saved, defaults.to_dict())
+    cfg = ml_collections.ConfigDict(saved)
     cfg.lock()
     return cfg
+
+
+def _with_missing(saved: dict, defaults: dict) -> dict:
+    merged = dict(saved)
+    for key, value in defaults.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = _with_missing(merged[key], value)
+    return merged

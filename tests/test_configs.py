@@ -1,6 +1,7 @@
 """Config files, overrides, validation and the one-comment-per-key rule of configs/default.py."""
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,20 @@ def test_workdir_defaults_to_runs_name():
 def test_missing_config_file():
     with pytest.raises(UserError, match="nope.py not found"):
         load_config(CONFIGS / "nope.py")
+
+
+def test_a_run_config_without_newer_keys_reads_them_as_defaults(tmp_path):
+    """A config.json written before a key existed still loads: missing keys get the default,
+    saved values are kept (even where the default differs)."""
+    from jaxcls.config import config_to_json
+    from jaxcls.formats import run_dir
+
+    cfg = load_config("configs/tiny.py")
+    saved = json.loads(config_to_json(cfg))
+    del saved["contrastive"]["cached"], saved["model"]["quantize"], saved["eval"]
+    saved["data"]["max_length"] = 17
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    read = run_dir.read_config(tmp_path)
+    assert read.contrastive.cached == load_config("configs/default.py").contrastive.cached
+    assert read.model.quantize == "none" and read.eval.calibrate is True
+    assert read.data.max_length == 17

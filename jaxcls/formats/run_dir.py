@@ -13,7 +13,8 @@ from typing import Any
 
 import ml_collections
 
-from jaxcls.config import config_from_json
+from jaxcls import config_files
+from jaxcls.config import config_from_json, load_config
 from jaxcls.errors import UserError
 from jaxcls.files import write_text_atomic
 
@@ -53,7 +54,9 @@ def read_config(workdir: Path) -> ml_collections.ConfigDict:
     path = workdir / CONFIG
     if not path.is_file():
         raise UserError(f"{workdir}: no {CONFIG}; is this a jaxcls run directory?")
-    return config_from_json(path.read_text(encoding="utf-8"))
+    # Keys added to configs/default.py since the run was made read as their defaults.
+    defaults = load_config(config_files.find("default"))
+    return config_from_json(path.read_text(encoding="utf-8"), defaults)
 
 
 def split_ckpt(workdir: str | None, ckpt: str) -> tuple[Path, str]:
