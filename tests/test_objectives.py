@@ -41,7 +41,7 @@ def test_multilabel_contrastive_with_one_label_per_row_is_simple_supcon():
         loss="simple", weight=1.0, temperature=0.1, base_temperature=0.07, focal_gamma=2.0,
         margin=0.2, scope="global", warmup_steps=0, ramp_steps=0, schedule="constant",
         temperature_schedule="constant", temperature_end=0.05, temperature_min=0.02,
-        temperature_max=1.0,
+        temperature_max=1.0, cached=False,
     )  # fmt: skip
     features = RNG.normal(size=(6, 4)).astype(np.float32)
     labels = np.array([0, 1, 0, 2, 1, 2])
