@@ -80,6 +80,7 @@ def build_jax(s: common.Shape) -> tuple[Any, tuple]:
     cfg.lora.targets = rf".*({'|'.join(common.TARGETS)})$"
     cfg.model.dtype = cfg.model.param_dtype = s.dtype
     cfg.loss.classification, cfg.contrastive.loss = "focal", "simple"
+    cfg.optim.lr = 2e-4  # the LoRA recipe's ("auto", 0, is resolved by the trainer)
     model = Qwen3Classifier(common.jax_config(s), HeadConfig.from_config(cfg.model, NUM_LABELS))
     ids = jnp.ones((1, 1), jnp.int32)
     params = jax.jit(model.init)(jax.random.PRNGKey(0), ids, ids)["params"]
