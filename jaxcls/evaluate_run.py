@@ -102,7 +102,7 @@ def evaluate_file(
 def calibrates(cfg: Any) -> bool:
     """``eval.calibrate`` of a run, never for a multi-label run (logged): the thresholds tuned
     on validation decide its labels, and its probabilities stay the plain sigmoids."""
-    if not bool(cfg.get("eval", {}).get("calibrate", False)):
+    if not cfg.eval.calibrate:  # a run dir's config has every key (run_dir.read_config)
         return False
     if is_multi_label(cfg):
         log.info("calibration: eval.calibrate is not applied to a multi-label run; skipped")
@@ -235,8 +235,7 @@ def evaluate_after_training(
     has_test = Path(test).is_file()
     if not has_test:
         log.info("no test file (%s); skipping the final evaluation", test)
-    calibrate = bool(saved.get("eval", {}).get("calibrate", False))
-    if not (has_test or calibrate or is_multi_label(saved)):
+    if not (has_test or saved.eval.calibrate or is_multi_label(saved)):
         return
     if run is None:
         run, step = restore.load_run(Path(workdir), "best")
