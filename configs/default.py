@@ -177,6 +177,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Each length bucket (16, 32, 64, ... max_length tokens) compiles the training step once; a
     # bucket fewer than this many batches of an epoch would use is padded up to the next one.
     config.data.min_bucket_batches = 8
+    # Token ("word") dropout in training: each real token of a training batch is replaced by the
+    # pad token with this probability (a regulariser for small data; validation never drops).
+    config.data.token_dropout = 0.0
     # Use at most this many training rows (seeded, stratified choice); 0 = all.
     config.data.max_train_samples = 0
     # Make train/validation(/test) from data.train alone: fractions "0.8,0.1,0.1" or "0.9,0.1"

@@ -47,15 +47,16 @@ class Classifier:
         quantize: str = "none",
         long_text: str = "truncate",
         window_stride: int = 0,
-        temperature: float = 1.0,
+        temperature: float | Sequence[float] = 1.0,
         multi_label: bool = False,
         thresholds: Sequence[float] | None = None,
         label_sep: str = "|",
     ) -> None:
         """``long_text``, ``window_stride``: as the config keys data.*; ``temperature``: the
         probabilities are softmax(logits / temperature) (a run's calibration.json);
-        ``multi_label``: sigmoid outputs, label sets cut at ``thresholds`` (one per label,
-        default 0.5); ``label_sep`` joins a label set in predict's output tables."""
+        ``multi_label``: sigmoid(logits / temperature) outputs (one temperature, or one per
+        label), label sets cut at ``thresholds`` (one per label, default 0.5); ``label_sep``
+        joins a label set in predict's output tables."""
         if len(labels) != head.num_labels:
             raise ValueError(f"{len(labels)} labels for a head of {head.num_labels} classes")
         if quantize not in quant.QUANTIZE:
@@ -70,7 +71,8 @@ class Classifier:
             self.thresholds = np.asarray(cut, np.float64)
         self.tokenizer, self.max_length, self.template = tokenizer, max_length, template
         self.batch_size, self.long_text, self.window_stride = batch_size, long_text, window_stride
-        self.temperature = float(temperature)
+        scalar = np.ndim(temperature) == 0
+        self.temperature = float(temperature) if scalar else np.asarray(temperature, np.float64)
         # Right padding with the tokenizer's pad token (<|endoftext|> for Qwen), else EOS.
         self.pad_id = tokenizer_lib.pad_id(tokenizer)
         if head.scan:  # the scanned model's layout (never differentiated here: bits are fine)
@@ -217,10 +219,10 @@ class Classifier:
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities [n, num_labels] (float32): softmax(logits / self.temperature)
-        (rows sum to 1), or for a multi-label model each label's sigmoid."""
+        (rows sum to 1), or for a multi-label model each label's sigmoid(logit / T_label)."""
         logits = self.predict_logits(texts)
         if self.multi_label:
-            return calibration.sigmoid(logits).astype(np.float32)
+            return calibration.sigmoid(logits, self.temperature).astype(np.float32)
         return calibration.softmax(logits, self.temperature).astype(np.float32)
 
     def predict(self, texts: Sequence[str]) -> list[str] | list[list[str]]:

@@ -45,7 +45,7 @@ _NON_NEGATIVE = (
     "train.eval_every train.save_every train.patience distributed.num_processes "
     "eval.max_tsne_points data.window_stride"
 ).split()
-_BELOW_ONE = ("lora.dropout", "loss.label_smoothing", "optim.warmup_ratio")
+_BELOW_ONE = ("lora.dropout", "loss.label_smoothing", "optim.warmup_ratio", "data.token_dropout")
 # What a multi-label validation logs (the rest of VALIDATION_METRICS are single-label's).
 MULTI_LABEL_METRICS = ("loss", "macro_f1", "micro_f1", "subset_accuracy")
 # What a validation logs (jaxcls.eval.scoring computes them); train.best_metric names one.

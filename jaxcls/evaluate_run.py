@@ -26,8 +26,10 @@ DEFAULT_MAX_TSNE_POINTS = 3000
 
 
 Predict = Callable[[dict], dict]
-# score(dataset, thresholds=None) -> (``scoring.score`` result, raw outputs)
+# score(dataset, thresholds=None, temperature=None) -> (``scoring.score`` result, raw outputs)
 Scorer = Callable[..., tuple[dict, dict]]
+# A fitted temperature: one float (single-label), one per label (multi-label), None: none.
+Temperature = float | list[float] | None
 
 
 def predictor(run: run_model.RunModel) -> Predict:
@@ -48,14 +50,16 @@ def predictor(run: run_model.RunModel) -> Predict:
 
 def scorer(run: run_model.RunModel) -> Scorer:
     """``scoring.evaluate`` of the run's ``predictor`` on a labelled dataset (with a multi-label
-    run's per-label ``thresholds``, default 0.5): one placed base and one compiled eval step for
-    any number of datasets."""
+    run's per-label ``thresholds``, default 0.5, on sigmoid(logits / ``temperature``)): one
+    placed base and one compiled eval step for any number of datasets."""
     predict, cfg = predictor(run), run.cfg
 
-    def score(dataset: batches.Dataset, thresholds: np.ndarray | None = None) -> tuple:
+    def score(
+        dataset: batches.Dataset, thresholds: np.ndarray | None = None, temperature: Any = None
+    ) -> tuple:
         return scoring.evaluate(
             predict, dataset, cfg.train.eval_batch_size, run.pad_id, cfg.data.max_length,
-            run.label_names, thresholds,
+            run.label_names, thresholds, temperature,
         )  # fmt: skip
 
     return score
@@ -65,14 +69,15 @@ def evaluate_file(
     run: run_model.RunModel,
     path: str,
     table: tables.Table | None = None,
-    temperature: float | None = None,
+    temperature: Temperature = None,
     score: Scorer | None = None,
     thresholds: np.ndarray | None = None,
 ) -> tuple[dict, dict, tables.Table]:
     """Score the run on a labelled file: (metrics, raw outputs, the scored table); ``table``:
     the file already read (``run.read_table(path)``); ``temperature``: the run's fitted one
-    (None: not calibrated), for the ``calibration`` entry of a single-label run; ``score``: a
-    ``scorer(run)``; ``thresholds``: a multi-label run's per-label decision thresholds.
+    (one per label for a multi-label run; None: not calibrated), for the ``calibration`` entry
+    of the result; ``score``: a ``scorer(run)``; ``thresholds``: a multi-label run's per-label
+    decision thresholds (on the calibrated probabilities when there is a temperature).
 
     Rows whose label training never saw are not scored: they are logged and listed in the
     metrics under ``unseen_labels`` ({"count", "unit", "labels": label -> rows}).
@@ -88,35 +93,33 @@ def evaluate_file(
         )  # fmt: skip
         table = kept
     dataset = run.dataset(table)
-    result, raw = (score or scorer(run))(dataset, thresholds)
+    result, raw = (score or scorer(run))(dataset, thresholds, temperature)
     labels = dataset.row_labels
-    if labels.ndim == 1:
-        # ECE (15 bins) and NLL of the test logits before and after the temperature.
-        report = calibration.calibration_report(raw["logits"], labels, temperature or 1.0)
-        result["calibration"] = {**report, "temperature": temperature}
+    # ECE (15 bins) and NLL of the test logits before and after the temperature.
+    report = calibration_report(raw["logits"], labels, temperature)
+    result["calibration"] = {**report, "temperature": temperature}
     if unseen:
         result["unseen_labels"] = {"count": count, "unit": table.unit, "labels": unseen}
     return result, {**raw, "labels": labels}, table
 
 
-def calibrates(cfg: Any) -> bool:
-    """``eval.calibrate`` of a run, never for a multi-label run (logged): the thresholds tuned
-    on validation decide its labels, and its probabilities stay the plain sigmoids."""
-    if not cfg.eval.calibrate:  # a run dir's config has every key (run_dir.read_config)
-        return False
-    if is_multi_label(cfg):
-        log.info("calibration: eval.calibrate is not applied to a multi-label run; skipped")
-        return False
-    return True
+def calibration_report(logits: np.ndarray, labels: np.ndarray, temperature: Temperature) -> dict:
+    """ECE and NLL before and after ``temperature`` (None: 1): softmax for class indices
+    ``labels`` [n], per-label sigmoids for indicators [n, C]."""
+    if labels.ndim == 2:
+        t = np.ones(labels.shape[1]) if temperature is None else np.asarray(temperature)
+        return calibration.multilabel_calibration_report(logits, labels, t)
+    t = 1.0 if temperature is None else temperature
+    return calibration.calibration_report(logits, labels, t)
 
 
-def fit_calibration(run: run_model.RunModel, step: int, score: Scorer) -> float | None:
+def fit_calibration(run: run_model.RunModel, step: int, score: Scorer) -> Temperature:
     """Fit the temperature of checkpoint ``step`` on the run's validation set and save it in
-    calibration.json; None (and no file) with ``eval.calibrate`` off or for a multi-label run
-    (its labels are decided by the thresholds tuned on validation; not calibrated, logged).
+    calibration.json: one T for a single-label run, one per label for a multi-label run;
+    None (and no file) with ``eval.calibrate`` off.
     """
     path = Path(run.workdir) / run_dir.CALIBRATION
-    if not calibrates(run.cfg):
+    if not run.cfg.eval.calibrate:  # a run dir's config has every key (run_dir.read_config)
         if jax.process_index() == 0:
             path.unlink(missing_ok=True)  # a temperature of an earlier fit no longer applies
         return None
@@ -125,8 +128,11 @@ def fit_calibration(run: run_model.RunModel, step: int, score: Scorer) -> float 
     dataset = run.dataset(val)
     _, raw = score(dataset)
     labels = dataset.row_labels
-    temperature = calibration.fit_temperature(raw["logits"], labels)
-    fit = calibration.calibration_report(raw["logits"], labels, temperature)
+    if labels.ndim == 2:
+        temperature = calibration.fit_temperatures_multilabel(raw["logits"], labels).tolist()
+    else:
+        temperature = calibration.fit_temperature(raw["logits"], labels)
+    fit = calibration_report(raw["logits"], labels, temperature)
     record = {
         "temperature": temperature,
         "checkpoint_step": step,
@@ -136,24 +142,32 @@ def fit_calibration(run: run_model.RunModel, step: int, score: Scorer) -> float 
     }
     if jax.process_index() == 0:
         run_dir.save_calibration(Path(run.workdir), record)
+    shown = np.round(np.atleast_1d(temperature), 4).tolist()
     log.info(
-        "calibration: temperature %.4f fitted on %d validation rows (NLL %.4f -> %.4f): %s",
-        temperature, len(labels), fit["nll_before"], fit["nll_after"], path,
+        "calibration: temperature %s fitted on %d validation rows (NLL %.4f -> %.4f): %s",
+        shown if len(shown) > 1 else shown[0], len(labels), fit["nll_before"], fit["nll_after"],
+        path,
     )  # fmt: skip
     return temperature
 
 
-def thresholds_for(run: run_model.RunModel, step: int, score: Scorer) -> np.ndarray | None:
+def thresholds_for(
+    run: run_model.RunModel, step: int, score: Scorer, temperature: Temperature = None,
+    retune: bool = False,
+) -> np.ndarray | None:  # fmt: skip
     """A multi-label run's per-label thresholds at checkpoint ``step`` (None: single-label):
-    those in its thresholds.json, else tuned for F1 on its validation set and saved there."""
+    those in its thresholds.json, else (or with ``retune``) tuned for F1 on its validation set
+    on sigmoid(logits / ``temperature``) and saved there. A per-label temperature is monotone,
+    so the tuned decisions are those of the uncalibrated sigmoids."""
     if not is_multi_label(run.cfg):
         return None
-    saved = run_dir.load_thresholds(run.workdir, run.label_names, step)
+    saved = None if retune else run_dir.load_thresholds(run.workdir, run.label_names, step)
     if saved is not None:
         return np.asarray(saved)
     val = run.dataset(splits.read_inputs(run.cfg.data, run.cfg.seed).val)
     _, raw = score(val)
-    tuned = multilabel.tune_thresholds(calibration.sigmoid(raw["logits"]), val.row_labels)
+    probs = calibration.sigmoid(raw["logits"], 1.0 if temperature is None else temperature)
+    tuned = multilabel.tune_thresholds(probs, val.row_labels)
     if jax.process_index() == 0:
         run_dir.save_thresholds(run.workdir, step, run.label_names, tuned)
     log.info(
@@ -243,7 +257,8 @@ def evaluate_after_training(
         step = restore.restore_trainable(run, Path(workdir), "best")
     score = scorer(run)
     temperature = fit_calibration(run, step, score)
-    thresholds = thresholds_for(run, step, score)
+    # Tuned afresh: on the probabilities of the temperature just fitted.
+    thresholds = thresholds_for(run, step, score, temperature, retune=True)
     if not has_test:
         return
     result, raw, table = evaluate_file(run, test, None, temperature, score, thresholds)

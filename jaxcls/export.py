@@ -15,11 +15,14 @@ not), it is written as ``OUT/base`` and named as the adapter's base.
 for transformers or vLLM. Tensor names go through ``jaxcls.formats.hf_keys``, the converter's
 table.
 The projection head and the contrastive loss state are training-only and are not exported.
-Both formats give the model's raw logits: the temperature a single-label run fitted on validation
+Both formats give the model's raw logits: the temperature a run fitted on validation
 (``RUN/calibration.json``, config key eval.calibrate) is not folded in; divide the logits by its
-``temperature`` before the softmax for the calibrated probabilities of ``predict.py``.
+``temperature`` (one per label for a multi-label run) before the softmax (sigmoid) for the
+calibrated probabilities of ``predict.py``.
 A multi-label run's ``config.json`` has ``problem_type: multi_label_classification`` (so
-transformers applies a sigmoid per label), and its tuned thresholds go to ``thresholds.json``.
+transformers applies a sigmoid per label), and its tuned thresholds go to ``thresholds.json``,
+moved to the plain sigmoid's scale (the same decisions as the calibrated probabilities at the
+run's thresholds).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 
 from jaxcls import cli
 from jaxcls.config import is_multi_label
+from jaxcls.eval import calibration
 from jaxcls.files import atomic_dir
 from jaxcls.formats import hf_dir, model_dir, peft_dir, run_dir
 from jaxcls.model import lora
@@ -117,6 +121,10 @@ def export(workdir: Path, ckpt: str, fmt: str, out: Path, dtype: str | None = No
             "no thresholds.json entry for step %d (eval.py tunes and saves them): the export "
             "has none, and predictions from it cut at 0.5", step,
         )  # fmt: skip
+    temperature = run_dir.load_temperature(Path(workdir), step)
+    if thresholds is not None and temperature is not None:
+        # The export gives plain sigmoids: the same decisions at the uncalibrated thresholds.
+        thresholds = calibration.uncalibrated_thresholds(thresholds, temperature).tolist()
     write(run, fmt, out, dtype, thresholds)
     log.info("exported %s step %d as %s to %s", workdir, step, fmt, out)
     return Path(out)

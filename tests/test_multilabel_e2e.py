@@ -80,7 +80,7 @@ def test_thresholds_tuned_on_validation_and_saved(run):
     from jaxcls.train.restore import load_run
 
     workdir, data, result = run
-    assert not (workdir / "calibration.json").exists()  # eval.calibrate: single-label only
+    temperatures = np.array(json.loads((workdir / "calibration.json").read_text())["temperature"])
     saved = json.loads((workdir / "thresholds.json").read_text())["steps"]
     assert list(saved) == [str(result["best_step"])]
     assert sorted(saved[str(result["best_step"])]) == NAMES
@@ -91,7 +91,8 @@ def test_thresholds_tuned_on_validation_and_saved(run):
     from jaxcls.eval import scoring
 
     raw = scoring.run_dataset(predictor(loaded), dataset, 8, loaded.pad_id, 16)
-    probs = 1.0 / (1.0 + np.exp(-raw["logits"].astype(np.float64)))
+    # On the calibrated probabilities: sigmoid(logit / T_label).
+    probs = 1.0 / (1.0 + np.exp(-raw["logits"].astype(np.float64) / temperatures))
     expected = tune_thresholds(probs, dataset.labels)
     got = np.array([saved[str(step)][n] for n in NAMES])
     np.testing.assert_allclose(got, expected, atol=1e-6)
@@ -121,6 +122,33 @@ def test_test_metrics_match_sklearn(run):
     assert not (workdir / "eval" / "confusion.png").exists()
 
 
+def test_one_temperature_per_label_fitted_on_validation(run):
+    """Each label's T minimises its binary NLL on validation (a NumPy grid search here)."""
+    from jaxcls.eval import scoring
+    from jaxcls.evaluate_run import predictor
+    from jaxcls.train.restore import load_run
+
+    workdir, data, result = run
+    record = json.loads((workdir / "calibration.json").read_text())
+    assert record["checkpoint_step"] == result["best_step"] and len(record["temperature"]) == 3
+    temperatures = np.array(record["temperature"])
+    # The fixture's short run is not calibrated as it is: some label's T is far from 1.
+    assert np.abs(np.log(temperatures)).max() > 0.05
+    loaded, _ = load_run(workdir, "best")
+    dataset = loaded.dataset(loaded.read_table(str(data["val"])))
+    logits = scoring.run_dataset(predictor(loaded), dataset, 8, loaded.pad_id, 16)["logits"]
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 4001))
+    for c in range(3):
+        z, y = logits[:, c].astype(np.float64)[:, None] / grid, dataset.labels[:, c][:, None]
+        nll = np.mean(np.logaddexp(0, -z) * y + np.logaddexp(0, z) * (1 - y), axis=0)
+        assert temperatures[c] == pytest.approx(grid[np.argmin(nll)], rel=2e-3)
+    assert record["val_nll_after"] <= record["val_nll_before"]
+    metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
+    assert metrics["calibration"]["temperature"] == pytest.approx(temperatures.tolist())
+    assert {"ece_before", "ece_after", "nll_before", "nll_after"} <= set(metrics["calibration"])
+    assert (workdir / "eval" / "calibration.png").stat().st_size > 0
+
+
 def test_classifier_predicts_label_sets(run):
     from jaxcls import Classifier
 
@@ -129,6 +157,9 @@ def test_classifier_predicts_label_sets(run):
     assert clf.multi_label and clf.labels == NAMES
     texts = pd.read_csv(data["test"])["text"].tolist()
     probs = clf.predict_proba(texts)
+    temperatures = json.loads((workdir / "calibration.json").read_text())["temperature"]
+    z = clf.predict_logits(texts).astype(np.float64) / np.array(temperatures)
+    np.testing.assert_allclose(probs, 1.0 / (1.0 + np.exp(-z)), rtol=1e-5)
     assert probs.shape == (len(texts), 3) and np.all((probs > 0) & (probs < 1))
     assert not np.allclose(probs.sum(axis=1), 1.0)  # sigmoid, not softmax
     saved = json.loads((workdir / "thresholds.json").read_text())["steps"]
@@ -149,7 +180,8 @@ def test_merged_export_matches_transformers(run, tmp_path):
     assert config["problem_type"] == "multi_label_classification"
     assert (out / "thresholds.json").is_file()
     texts = pd.read_csv(data["test"])["text"].tolist()[:8]
-    ours = Classifier.load(workdir).predict_proba(texts)
+    # transformers gives the plain sigmoid: the run's calibration is not folded in.
+    ours = 1.0 / (1.0 + np.exp(-Classifier.load(workdir).predict_logits(texts)))
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     with torch.no_grad():
@@ -163,8 +195,10 @@ def test_merged_export_matches_transformers(run, tmp_path):
         [[{s["label"]: s["score"] for s in row}[n] for n in NAMES] for row in scores]
     )
     np.testing.assert_allclose(by_label, ours, atol=1e-4)
-    # The export loads back into jaxcls as a multi-label model with the run's thresholds.
+    # The export loads back into jaxcls as a multi-label model whose thresholds on the plain
+    # sigmoid make the run's decisions.
     back = Classifier.load(out)
+    texts = pd.read_csv(data["test"])["text"].tolist()
     assert back.multi_label and back.predict(texts) == Classifier.load(workdir).predict(texts)
 
 
@@ -203,7 +237,8 @@ def test_classifier_tunes_missing_thresholds_as_training_did(run, tmp_path):
     step = str(result["best_step"])
     saved = json.loads((workdir / "thresholds.json").read_text())["steps"][step]
     np.testing.assert_allclose(clf.thresholds, [saved[n] for n in NAMES], atol=1e-6)
-    assert json.loads((copy / "thresholds.json").read_text())["steps"][step] == pytest.approx(saved)
+    record = json.loads((copy / "thresholds.json").read_text())["steps"][step]
+    assert record == pytest.approx(saved, abs=1e-6)  # float32 probabilities here
 
 
 def test_eval_command_scores_a_file_with_the_saved_thresholds(run, tmp_path, capsys):

@@ -92,7 +92,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "jaxcls eval") -> int:
         # The run's temperature when fitted on this checkpoint (None: uncalibrated).
         temperature = run_dir.load_temperature(workdir, step)
     score = evaluate_run.scorer(run)
-    thresholds = None if step is None else evaluate_run.thresholds_for(run, step, score)
+    thresholds = (
+        None if step is None else evaluate_run.thresholds_for(run, step, score, temperature)
+    )
     result, outputs, table = evaluate_run.evaluate_file(
         run, path, table, temperature, score, thresholds
     )

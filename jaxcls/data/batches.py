@@ -212,12 +212,13 @@ class TrainBatches:
 
     def __init__(
         self, dataset: Dataset, batch_size: int, seed: int, sampler: str, pad: int,
-        max_length: int, min_bucket_batches: int = 1,
+        max_length: int, min_bucket_batches: int = 1, token_dropout: float = 0.0,
     ):  # fmt: skip
         if dataset.labels is None:
             raise ValueError("training needs a labelled dataset")
         self.dataset, self.batch_size, self.seed, self.sampler = dataset, batch_size, seed, sampler
         self.pad, self.max_length, self.min_bucket_batches = pad, max_length, min_bucket_batches
+        self.token_dropout = token_dropout
         self.steps_per_epoch = steps_per_epoch(len(dataset), batch_size)
         self._epoch, self._plan = -1, np.empty((0, batch_size), dtype=np.int64)
         self._widths = np.empty(0, dtype=np.int64)
@@ -250,7 +251,22 @@ class TrainBatches:
 
     def __call__(self, step: int) -> Batch:
         indices, width = self._plan_of(step)
-        return collate(self.dataset, indices, self.pad, self.max_length, width)
+        batch = collate(self.dataset, indices, self.pad, self.max_length, width)
+        if self.token_dropout > 0:
+            rng = np.random.default_rng([self.seed, step, TOKEN_DROPOUT_STREAM])
+            batch["input_ids"] = drop_tokens(batch, self.token_dropout, self.pad, rng)
+        return batch
+
+
+# Seeds token dropout's generator apart from the epoch plans' (seed, epoch) streams.
+TOKEN_DROPOUT_STREAM = 1
+
+
+def drop_tokens(batch: Batch, rate: float, pad: int, rng: np.random.Generator) -> np.ndarray:
+    """Token ("word") dropout: each real token's id replaced by ``pad`` with probability
+    ``rate``; the attention mask, and so the positions and the pooled token, stay."""
+    drop = (rng.random(batch["input_ids"].shape) < rate) & (batch["attention_mask"] > 0)
+    return np.where(drop, pad, batch["input_ids"]).astype(batch["input_ids"].dtype)
 
 
 def eval_batches(dataset: Dataset, batch_size: int, pad: int, max_length: int) -> Iterator[Batch]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from scipy.optimize import minimize_scalar
-from scipy.special import log_expit, log_softmax
+from scipy.special import expit, log_expit, log_softmax, logit
 
 # Bins of the expected calibration error, as in Guo et al.
 ECE_BINS = 15
@@ -149,6 +149,14 @@ def binary_probs(logits: np.ndarray, temperatures: float | np.ndarray = 1.0) -> 
     """[N * C, 2] probabilities (1 - p, p) of every (row, class) entry, p = sigmoid(x / T_c)."""
     p = sigmoid(logits, temperatures)
     return np.stack([1.0 - p, p], axis=-1).reshape(-1, 2)
+
+
+def uncalibrated_thresholds(thresholds: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+    """Thresholds on sigmoid(x / T_c) as thresholds on the plain sigmoid(x) with the same
+    decisions: sigmoid(x / T) >= t exactly when sigmoid(x) >= sigmoid(T * logit(t)), T > 0."""
+    t = np.asarray(thresholds, np.float64)
+    with np.errstate(divide="ignore"):  # logit(0) = -inf, logit(1) = inf: kept as 0 and 1
+        return expit(np.asarray(temperatures, np.float64) * logit(t))
 
 
 def multilabel_calibration_report(

@@ -1,8 +1,9 @@
 """What a multi-label evaluation writes and prints (``jaxcls.eval.outputs`` hands over to it).
 
 eval/metrics.json (micro/macro F1, subset accuracy, Hamming loss, per-label report, the
-decision thresholds, the most confident wrong label decisions), predictions.xlsx (gold and
-predicted label sets, each label's probability), the training curves and report.html.
+decision thresholds, the calibration, the most confident wrong label decisions),
+predictions.xlsx (gold and predicted label sets, each label's probability), the training
+curves, the reliability diagram of every (row, label) decision and report.html.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import numpy as np
 import pandas as pd
 
 from jaxcls.data.tables import Table
-from jaxcls.eval import plots, report
-from jaxcls.eval.calibration import sigmoid
+from jaxcls.eval import calibration, plots, report
 from jaxcls.eval.multilabel import apply_thresholds
 from jaxcls.eval.scoring import scalars
 
@@ -51,9 +51,13 @@ def write_outputs(
     result: dict, outputs: dict, table: Table, names: list[str], out: Path,
     metrics_log: Path | None, title: str, meta: dict | None = None, train_ce: bool = False,
 ) -> None:  # fmt: skip
-    """eval/metrics.json, predictions.xlsx, curves.png and report.html of a multi-label run."""
+    """eval/metrics.json, predictions.xlsx, curves.png, calibration.png and report.html of a
+    multi-label run; probabilities are sigmoid(logits / T_label) with the run's fitted
+    per-label temperatures (``result["calibration"]``), else plain sigmoids."""
     out.mkdir(parents=True, exist_ok=True)
-    probs = sigmoid(outputs["logits"])
+    cal = result.get("calibration") or {}
+    temperatures = np.ones(len(names)) if cal.get("temperature") is None else cal["temperature"]
+    probs = calibration.sigmoid(outputs["logits"], np.asarray(temperatures))
     gold = (np.asarray(outputs["labels"]) == 1).astype(np.int64)
     thresholds = np.array([result["thresholds"][name] for name in names])
     predicted = apply_thresholds(probs, thresholds)
@@ -71,18 +75,31 @@ def write_outputs(
     for i, name in enumerate(names):
         frame[f"p({name})"] = probs[:, i]
     frame.to_excel(out / "predictions.xlsx", index=False)
-    for stale in ("confusion.png", "tsne.png", "centroids.png"):  # single-label pictures
-        (out / stale).unlink(missing_ok=True)
+    stale = ("confusion.png", "tsne.png", "centroids.png")  # single-label pictures
+    for name in (*stale, *(() if cal else ("calibration.png",))):
+        (out / name).unlink(missing_ok=True)
     images = {}
     if metrics_log is not None and metrics_log.is_file():
         images["Training curves"] = out / "curves.png"
         plots.plot_curves(metrics_log, images["Training curves"], train_ce=train_ce)
+    if cal:
+        # Every (row, label) entry is one binary decision, binned by max(p, 1 - p).
+        name = "Reliability diagram of the label decisions (before / after temperature scaling)"
+        images[name] = out / "calibration.png"
+        entries = gold.reshape(-1)
+        before = calibration.binary_probs(outputs["logits"])
+        after = np.stack([1.0 - probs, probs], axis=-1).reshape(-1, 2)
+        calibration.plot_reliability(before, after, entries, images[name])
     per_class = {
-        name: {**row, "threshold": result["thresholds"][name]}
-        for name, row in result["per_class"].items()
+        name: {**row, "threshold": result["thresholds"][name], "temperature": float(t)}
+        for (name, row), t in zip(result["per_class"].items(), temperatures, strict=True)
+    }
+    calibration_rows = {
+        f"calibration/{k}": v for k, v in cal.items() if k not in ("temperature", "ece_bins")
     }
     report.write_report(
-        out / "report.html", {**scalars(result), "hamming_loss": result["hamming_loss"]},
+        out / "report.html",
+        {**scalars(result), "hamming_loss": result["hamming_loss"], **calibration_rows},
         per_class, images, title=title, meta=meta, mistakes=mistakes,
         unseen=result.get("unseen_labels"),
     )  # fmt: skip
@@ -99,11 +116,20 @@ def print_summary(result: dict, names: list[str]) -> None:
         p, r, f = (result[f"{avg}_{m}"] for m in ("precision", "recall", "f1"))
         lines.append(f"{avg:>9}  {p:9.4f} {r:7.4f} {f:7.4f}")
     width = max(len(n) for n in names)
-    lines.append(f"{'label':>{width}}  precision  recall      f1  support  threshold")
-    for name, row in result["per_class"].items():
+    cal = result.get("calibration") or {}
+    temperatures = cal.get("temperature") or [None] * len(result["per_class"])
+    lines.append(f"{'label':>{width}}  precision  recall      f1  support  threshold  temperature")
+    for (name, row), t in zip(result["per_class"].items(), temperatures, strict=True):
         lines.append(
             f"{name:>{width}}  {row['precision']:9.4f} {row['recall']:7.4f} {row['f1']:7.4f} "
-            f"{row['support']:8d}  {result['thresholds'][name]:9.4f}"
+            f"{row['support']:8d}  {result['thresholds'][name]:9.4f}  "
+            + ("none fitted" if t is None else f"{t:11.4f}")
+        )
+    if cal:
+        lines.append(
+            f"calibration of the label decisions: ECE ({cal['ece_bins']} bins) "
+            f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}, "
+            f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}"
         )
     unseen = result.get("unseen_labels")
     if unseen:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -56,17 +57,19 @@ def row_nll(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def score(
     outputs: dict[str, np.ndarray], labels: np.ndarray, label_names: list[str],
-    thresholds: np.ndarray | None = None,
+    thresholds: np.ndarray | None = None, temperature: Any = None,
 ) -> dict:  # fmt: skip
     """Loss, accuracy, F1s, per-class report and feature-space metrics.
 
     Multi-label (``labels`` [n, C] indicators): loss, micro/macro F1, subset accuracy, Hamming
     loss and the per-class report of ``multilabel.multilabel_metrics``, label c predicted where
-    sigmoid(logit_c) >= ``thresholds[c]`` (default 0.5 for every label), which the result keeps.
+    sigmoid(logit_c / T_c) >= ``thresholds[c]`` (default 0.5 for every label; T_c: the label's
+    ``temperature``, default 1), which the result keeps.
     """
     if labels.ndim == 2:
         cut = np.full(len(label_names), 0.5) if thresholds is None else np.asarray(thresholds)
-        predicted = multilabel.apply_thresholds(sigmoid(outputs["logits"]), cut)
+        probs = sigmoid(outputs["logits"], 1.0 if temperature is None else temperature)
+        predicted = multilabel.apply_thresholds(probs, cut)
         result = multilabel.multilabel_metrics(labels, predicted, label_names)
         result["loss"] = float(outputs["nll"].mean())
         result["thresholds"] = dict(zip(label_names, cut.tolist(), strict=True))
@@ -82,10 +85,11 @@ def score(
 def evaluate(
     predict: Callable[[batches.Batch], dict], dataset: batches.Dataset, batch_size: int, pad: int,
     max_length: int, label_names: list[str], thresholds: np.ndarray | None = None,
+    temperature: Any = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:  # fmt: skip
     """(``score`` of the model on a labelled dataset, its raw ``run_dataset`` outputs)."""
     raw = run_dataset(predict, dataset, batch_size, pad, max_length)
-    return score(raw, dataset.row_labels, label_names, thresholds), raw
+    return score(raw, dataset.row_labels, label_names, thresholds, temperature), raw
 
 
 SCALARS = VALIDATION_METRICS

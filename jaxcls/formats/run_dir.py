@@ -93,15 +93,17 @@ def save_calibration(workdir: Path, record: dict[str, Any]) -> None:
     write_text_atomic(workdir / CALIBRATION, text)
 
 
-def load_temperature(workdir: Path, step: int) -> float | None:
-    """The temperature fitted on checkpoint ``step`` of the run; None (uncalibrated) when the
-    run has none, or one fitted on another checkpoint (logged)."""
+def load_temperature(workdir: Path, step: int) -> float | list[float] | None:
+    """The temperature fitted on checkpoint ``step`` of the run (a multi-label run: one per
+    label, in labels.json order); None (uncalibrated) when the run has none, or one fitted on
+    another checkpoint (logged)."""
     path = Path(workdir) / CALIBRATION
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        temperature, fitted_on = float(record["temperature"]), int(record["checkpoint_step"])
+        value, fitted_on = record["temperature"], int(record["checkpoint_step"])
+        temperature = [float(t) for t in value] if isinstance(value, list) else float(value)
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise UserError(f"{path}: not a calibration file ({type(e).__name__}: {e})") from None
     if fitted_on != step:
@@ -110,8 +112,16 @@ def load_temperature(workdir: Path, step: int) -> float | None:
             "uncalibrated", path, fitted_on, step,
         )  # fmt: skip
         return None
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise UserError(f"{path}: temperature {temperature} is not a positive number")
+    values = temperature if isinstance(temperature, list) else [temperature]
+    if not all(math.isfinite(t) and t > 0 for t in values):
+        raise UserError(f"{path}: temperature {value} is not a positive number (or a list of them)")
+    if isinstance(temperature, list):
+        labels = load_labels(Path(workdir) / LABELS)
+        if len(temperature) != len(labels):
+            raise UserError(
+                f"{path}: {len(temperature)} temperatures for {len(labels)} labels; delete the "
+                "file (probabilities are then uncalibrated)"
+            )
     return temperature
 
 

@@ -145,7 +145,7 @@ class Trainer:
         self.train_set, self.val_set = self.run.dataset(train_table), self.run.dataset(val_table)
         self.batches = batches.TrainBatches(
             self.train_set, cfg.train.batch_size, cfg.seed, cfg.data.sampler, self.run.pad_id,
-            cfg.data.max_length, cfg.data.min_bucket_batches,
+            cfg.data.max_length, cfg.data.min_bucket_batches, cfg.data.token_dropout,
         )  # fmt: skip
         self.n_steps = total_steps(cfg, self.batches.steps_per_epoch)
         if warning := plan.warmup_warning(cfg, self.n_steps):
