@@ -257,3 +257,25 @@ def test_train_batches_pad_batches_of_a_rare_bucket_to_a_common_one():
         np.testing.assert_array_equal(a["input_ids"][:, :width], b["input_ids"])
         assert a["attention_mask"].sum() == b["attention_mask"].sum()
         assert not a["attention_mask"][:, width:].any()
+
+
+def test_token_dropout_replaces_real_tokens_only_and_resumes_exactly():
+    ds = random_dataset(64, 3)
+    kwargs = dict(seed=3, sampler="random", pad=1, max_length=40)
+    plain = batches.TrainBatches(ds, 8, **kwargs)
+    dropped = batches.TrainBatches(ds, 8, token_dropout=0.3, **kwargs)
+    changed = real = 0
+    for step in range(16):
+        a, b = plain(step), dropped(step)
+        np.testing.assert_array_equal(a["attention_mask"], b["attention_mask"])
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+        mask = a["attention_mask"] > 0
+        np.testing.assert_array_equal(b["input_ids"][~mask], a["input_ids"][~mask])
+        differ = b["input_ids"] != a["input_ids"]
+        assert np.all(b["input_ids"][differ] == 1)  # replaced by the pad id
+        changed += int(differ[mask].sum())  # ids are 3..49: every replaced token differs
+        real += int(mask.sum())
+    # About 30% of the real tokens (a binomial over ~thousands of tokens: 0.3 +- 0.05).
+    assert 0.25 < changed / real < 0.35
+    again = batches.TrainBatches(ds, 8, token_dropout=0.3, **kwargs)  # a resumed run
+    np.testing.assert_array_equal(again(11)["input_ids"], dropped(11)["input_ids"])
