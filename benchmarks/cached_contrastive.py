@@ -52,7 +52,7 @@ def build(s: common.Shape, rows: int, n_micro: int, cached: bool) -> tuple[Any, 
     from jaxcls.train.settings import ContrastiveSettings, OptimSettings, StepSettings
 
     cfg = load_config(REPO / "configs" / "default.py")
-    cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout = s.rank, common.ALPHA, common.DROPOUT
+    cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout = s.rank, common.ALPHA, s.dropout
     cfg.lora.targets = rf".*({'|'.join(common.TARGETS)})$"
     cfg.model.dtype = cfg.model.param_dtype = s.dtype
     cfg.loss.classification, cfg.contrastive.loss = "focal", "simple"

@@ -31,6 +31,8 @@ PRESETS = {
     ),
 }  # fmt: skip
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# LoRA alpha of both contenders; the LoRA dropout is a shape flag (--dropout), 0.05 by default
+# (jaxcls's lora.dropout; peft's own default is 0.0, where it skips the dropout entirely).
 ALPHA, DROPOUT = 32.0, 0.05
 
 
@@ -47,6 +49,7 @@ class Shape:
     seq: int
     rank: int
     dtype: str
+    dropout: float = DROPOUT
 
     @property
     def tokens(self) -> int:
@@ -68,8 +71,8 @@ class Shape:
 
 def add_shape_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
-    for name in Shape.__dataclass_fields__:
-        kind = str if name == "dtype" else int
+    for name, field in Shape.__dataclass_fields__.items():
+        kind = {"str": str, "float": float}.get(field.type, int)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
 
 

@@ -3,6 +3,7 @@
     python benchmarks/real_size.py --shape 1.7b          # build, convert, measure, table
     python benchmarks/real_size.py --memory-only         # only the compiled-step table
     python benchmarks/real_size.py --quantize int8       # also on the int8 base, beside bf16
+    python benchmarks/real_size.py --torch --dropout 0   # and the speed against transformers + peft
 
 Builds once (cached under $JAXCLS_CACHE or ~/.cache/jaxcls) a random Hugging Face
 checkpoint of a named Qwen3 shape (bf16, ~1 GiB safetensors shards, the real vocabulary;
@@ -12,8 +13,12 @@ bf16 params, remat, batch 8 x 32, ``--steps`` steps, small text files) and ``eva
 the run, each in its own process, and reports wall time and peak RSS against the weights.
 Last, for the accelerator setting (bf16 compute and params, batch 8 x 512, remat on and
 off), the compiled train step's memory (``memory_analysis()``) of each shape, from abstract
-shapes (no weights allocated). The last line is one JSON object.
-Not yet here (issue 16, part 3): the transformers + peft side, step time, MFU.
+shapes (no weights allocated). With ``--torch``, the training step's speed against
+transformers + peft at the shape (``benchmarks/train_step.py`` in its own process, same batch
+8 x 32 and LoRA settings, ``--dropout`` on both sides, float32 on both: the faster dtype of
+each on a CPU without bf16 matmuls): seconds per step, tokens/s, MFU, compile time, the ratio.
+Random weights of the checkpoint's shape on both sides: a step's time does not depend on
+their values. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -203,6 +208,23 @@ def measured_runs(
     }  # fmt: skip
 
 
+def speed(shape: str, dropout: float, dtype: str, steps: int, rounds: int) -> dict:
+    """``train_step.py --torch`` at ``shape`` (batch 8 x 32): its JSON summary."""
+    c = qwen3_config(shape)
+    flags = {
+        "hidden": c.hidden_size, "layers": c.num_hidden_layers, "heads": c.num_attention_heads,
+        "kv-heads": c.num_key_value_heads, "head-dim": c.head_dim,
+        "intermediate": c.intermediate_size, "vocab": c.vocab_size, "batch": 8, "seq": 32,
+        "dtype": dtype, "dropout": dropout, "steps": steps, "rounds": rounds,
+    }  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--torch"]
+    cmd += [f"--{k}={v}" for k, v in flags.items()]
+    print("speed: " + " ".join(cmd[1:]), flush=True)
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    print(out, end="", flush=True)
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def checkpoint_bytes(hf_dir: Path) -> int:
     index = json.loads((hf_dir / "model.safetensors.index.json").read_text())
     return int(index["metadata"]["total_size"])
@@ -220,6 +242,11 @@ def main() -> None:
         "--quantize", choices=("none", "int8"), default="none",
         help="int8: also measure on the int8 base (model.quantize), beside bf16",
     )  # fmt: skip
+    parser.add_argument("--torch", action="store_true", help="also the speed against peft")
+    parser.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout, both sides")
+    parser.add_argument("--speed-dtype", default="float32", help="dtype of the speed runs")
+    parser.add_argument("--speed-steps", type=int, default=2, help="timed steps per round")
+    parser.add_argument("--speed-rounds", type=int, default=2, help="alternations jax/torch")
     args = parser.parse_args()
     bases = ("none",) if args.quantize == "none" else ("none", args.quantize)
     result: dict = {"shape": args.shape}
@@ -230,6 +257,11 @@ def main() -> None:
         for base in bases[1:]:
             runs = measured_runs(hf_dir, ours, cache_dir() / "work", args.steps, base)
             result[base] = runs
+        print(json.dumps(result), flush=True)
+    if args.torch:
+        result["speed"] = speed(
+            args.shape, args.dropout, args.speed_dtype, args.speed_steps, args.speed_rounds
+        )
         print(json.dumps(result), flush=True)
     shapes = [s for s in args.table_shapes.split(",") if s]
     result["step_memory"] = memory_table(shapes, args.table_batch, args.table_seq, bases)

@@ -100,7 +100,7 @@ class TrainStep(Contender):
         torch, dtype, device = _torch_setup(self.shape)
         s = self.shape
         lora_cfg = LoraConfig(
-            task_type="SEQ_CLS", r=s.rank, lora_alpha=common.ALPHA, lora_dropout=common.DROPOUT,
+            task_type="SEQ_CLS", r=s.rank, lora_alpha=common.ALPHA, lora_dropout=s.dropout,
             target_modules=list(common.TARGETS),
         )  # fmt: skip
         model = get_peft_model(_model(s, attn, dtype, device), lora_cfg)

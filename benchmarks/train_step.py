@@ -76,7 +76,7 @@ def build_jax(s: common.Shape) -> tuple[Any, tuple]:
 
     default = Path(__file__).resolve().parents[1] / "configs" / "default.py"
     cfg = load_config(default)
-    cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout = s.rank, common.ALPHA, common.DROPOUT
+    cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout = s.rank, common.ALPHA, s.dropout
     cfg.lora.targets = rf".*({'|'.join(common.TARGETS)})$"
     cfg.model.dtype = cfg.model.param_dtype = s.dtype
     cfg.loss.classification, cfg.contrastive.loss = "focal", "simple"
