@@ -122,7 +122,9 @@ def jaxcls_run(paths: dict[str, Path], workdir: Path, overrides: list[str]) -> d
     metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
     events = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     steps = max(e["step"] for e in events)
-    return {**{k: metrics[k] for k in KEYS}, "steps": steps, "wall_s": wall}
+    # The per-label temperatures fitted on validation, and ECE / NLL of the test decisions.
+    cal = metrics.get("calibration") or {}
+    return {**{k: metrics[k] for k in KEYS}, "steps": steps, "wall_s": wall, "calibration": cal}
 
 
 def main() -> None:
@@ -155,6 +157,16 @@ def main() -> None:
             f"{r['subset_accuracy']:.4f} | {r['hamming_loss']:.4f} | {r.get('steps', '-')} | "
             f"{r['wall_s']:.1f} |"
         )
+    cal = results["jaxcls"]["calibration"]
+    if cal.get("temperature"):
+        temperatures = ", ".join(f"{t:.3f}" for t in cal["temperature"])
+        lines += [
+            "",
+            f"jaxcls calibration (eval.calibrate, one temperature per label: {temperatures}), "
+            f"over every (row, label) decision of the test set: ECE ({cal['ece_bins']} bins) "
+            f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}, NLL {cal['nll_before']:.4f} -> "
+            f"{cal['nll_after']:.4f}.",
+        ]
     load = os.getloadavg()[0]
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f} at the end"
     lines += [
