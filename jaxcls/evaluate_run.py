@@ -158,7 +158,7 @@ def thresholds_for(
     """A multi-label run's per-label thresholds at checkpoint ``step`` (None: single-label):
     those in its thresholds.json, else (or with ``retune``) tuned for F1 on its validation set
     on sigmoid(logits / ``temperature``) and saved there. A per-label temperature is monotone,
-    so the tuned decisions are those of the uncalibrated sigmoids."""
+    so on validation the tuned decisions are those of the uncalibrated sigmoids."""
     if not is_multi_label(run.cfg):
         return None
     saved = None if retune else run_dir.load_thresholds(run.workdir, run.label_names, step)
