@@ -179,10 +179,13 @@ def test_over_confident_model_gets_a_temperature_above_one(trained, loaded):
     workdir, paths = trained
     run, step, unscaled = loaded
 
-    def score(dataset, thresholds=None):  # logits x 50, as from a score head x 50: over-confident
+    # A Scorer (evaluate_run.scorer's signature) whose logits are x 50, as from a score head x 50:
+    # over-confident.
+    def score(dataset, thresholds=None, temperature=None):
         _, raw = unscaled(dataset)
         raw = {**raw, "logits": raw["logits"] * 50.0}
-        return scoring.score(raw, dataset.row_labels, run.label_names, thresholds), raw
+        result = scoring.score(raw, dataset.row_labels, run.label_names, thresholds, temperature)
+        return result, raw
 
     temperature = fit_calibration(run, step, score)
     assert temperature > 1.0
