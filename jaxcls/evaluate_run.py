@@ -113,20 +113,27 @@ def calibration_report(logits: np.ndarray, labels: np.ndarray, temperature: Temp
     return calibration.calibration_report(logits, labels, t)
 
 
-def fit_calibration(run: run_model.RunModel, step: int, score: Scorer) -> Temperature:
+def validation_outputs(run: run_model.RunModel, score: Scorer) -> tuple[str, batches.Dataset, dict]:
+    """(file, dataset, raw outputs) of the run's validation rows, as training read them."""
+    table = splits.read_inputs(run.cfg.data, run.cfg.seed).val
+    dataset = run.dataset(table)
+    return table.path, dataset, score(dataset)[1]
+
+
+def fit_calibration(
+    run: run_model.RunModel, step: int, score: Scorer, validation: tuple | None = None
+) -> Temperature:
     """Fit the temperature of checkpoint ``step`` on the run's validation set and save it in
     calibration.json: one T for a single-label run, one per label for a multi-label run;
-    None (and no file) with ``eval.calibrate`` off.
+    None (and no file) with ``eval.calibrate`` off. ``validation``: ``validation_outputs``
+    when the caller has them.
     """
     path = Path(run.workdir) / run_dir.CALIBRATION
     if not run.cfg.eval.calibrate:  # a run dir's config has every key (run_dir.read_config)
         if jax.process_index() == 0:
             path.unlink(missing_ok=True)  # a temperature of an earlier fit no longer applies
         return None
-    # The validation rows the run was trained against, as training read them (same seed).
-    val = splits.read_inputs(run.cfg.data, run.cfg.seed).val
-    dataset = run.dataset(val)
-    _, raw = score(dataset)
+    val_path, dataset, raw = validation or validation_outputs(run, score)
     labels = dataset.row_labels
     if labels.ndim == 2:
         temperature = calibration.fit_temperatures_multilabel(raw["logits"], labels).tolist()
@@ -136,7 +143,7 @@ def fit_calibration(run: run_model.RunModel, step: int, score: Scorer) -> Temper
     record = {
         "temperature": temperature,
         "checkpoint_step": step,
-        "fitted_on": str(Path(val.path).absolute()),
+        "fitted_on": str(Path(val_path).absolute()),
         "rows": len(labels),
         **{f"val_{k}": fit[k] for k in ("nll_before", "nll_after", "ece_before", "ece_after")},
     }
@@ -153,19 +160,19 @@ def fit_calibration(run: run_model.RunModel, step: int, score: Scorer) -> Temper
 
 def thresholds_for(
     run: run_model.RunModel, step: int, score: Scorer, temperature: Temperature = None,
-    retune: bool = False,
+    retune: bool = False, validation: tuple | None = None,
 ) -> np.ndarray | None:  # fmt: skip
     """A multi-label run's per-label thresholds at checkpoint ``step`` (None: single-label):
     those in its thresholds.json, else (or with ``retune``) tuned for F1 on its validation set
     on sigmoid(logits / ``temperature``) and saved there. A per-label temperature is monotone,
-    so on validation the tuned decisions are those of the uncalibrated sigmoids."""
+    so on validation the tuned decisions are those of the uncalibrated sigmoids.
+    ``validation``: ``validation_outputs`` when the caller has them."""
     if not is_multi_label(run.cfg):
         return None
     saved = None if retune else run_dir.load_thresholds(run.workdir, run.label_names, step)
     if saved is not None:
         return np.asarray(saved)
-    val = run.dataset(splits.read_inputs(run.cfg.data, run.cfg.seed).val)
-    _, raw = score(val)
+    _, val, raw = validation or validation_outputs(run, score)
     probs = calibration.sigmoid(raw["logits"], 1.0 if temperature is None else temperature)
     tuned = multilabel.tune_thresholds(probs, val.row_labels)
     if jax.process_index() == 0:
@@ -256,9 +263,13 @@ def evaluate_after_training(
     else:
         step = restore.restore_trainable(run, Path(workdir), "best")
     score = scorer(run)
-    temperature = fit_calibration(run, step, score)
+    # One pass over validation serves the temperature and the thresholds.
+    validation = (
+        validation_outputs(run, score) if saved.eval.calibrate or is_multi_label(saved) else None
+    )
+    temperature = fit_calibration(run, step, score, validation)
     # Tuned afresh: on the probabilities of the temperature just fitted.
-    thresholds = thresholds_for(run, step, score, temperature, retune=True)
+    thresholds = thresholds_for(run, step, score, temperature, retune=True, validation=validation)
     if not has_test:
         return
     result, raw, table = evaluate_file(run, test, None, temperature, score, thresholds)

@@ -190,13 +190,7 @@ def encode(table: Table, label_names: Sequence[str]) -> np.ndarray:
     """Class indices [N] int32 (single-label) or the label indicator matrix [N, C] int32."""
     if not table.multi_label:
         return tables.encode_labels(table, label_names)
-    unseen = unseen_labels(table, label_names)
-    if unseen:
-        raise UserError(
-            f"{table.path}: {len(unseen)} label(s) are not in the training labels "
-            f"{list(label_names)}: {tables.describe_unseen(table, unseen)}; fix them or add "
-            "them to training"
-        )
+    tables.check_known(table, label_names, unseen_labels(table, label_names))
     index = {name: i for i, name in enumerate(label_names)}
     out = np.zeros((len(table.labels), len(label_names)), np.int32)
     for r, label in enumerate(table.labels):

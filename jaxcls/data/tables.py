@@ -289,15 +289,23 @@ def known_rows(table: Table, label_names: Sequence[str]) -> Table:
     )
 
 
-def encode_labels(table: Table, label_names: Sequence[str]) -> np.ndarray:
-    """Label indices [N] int32; labels missing from ``label_names`` are a UserError listing them."""
-    unseen = unseen_labels(table, label_names)
+def check_known(
+    table: Table, label_names: Sequence[str], unseen: dict[str, list[int]], where: str = ""
+) -> None:
+    """A UserError listing ``unseen`` (label -> rows, found ``where`` in the file), if any."""
     if unseen:
         raise UserError(
-            f"{table.path}: {len(unseen)} label(s) in column '{table.label_column}' are not in "
-            f"the training labels {list(label_names)}: {describe_unseen(table, unseen)}; fix "
-            "them or add them to training"
+            f"{table.path}: {len(unseen)} label(s){where} are not in the training labels "
+            f"{list(label_names)}: {describe_unseen(table, unseen)}; fix them or add them to "
+            "training"
         )
+
+
+def encode_labels(table: Table, label_names: Sequence[str]) -> np.ndarray:
+    """Label indices [N] int32; labels missing from ``label_names`` are a UserError listing them."""
+    check_known(
+        table, label_names, unseen_labels(table, label_names), f" in column '{table.label_column}'"
+    )
     index = {name: i for i, name in enumerate(label_names)}
     return np.array([index[label] for label in table.labels], dtype=np.int32)
 

@@ -105,8 +105,9 @@ def write_outputs(
     )  # fmt: skip
 
 
-def print_summary(result: dict, names: list[str]) -> None:
-    """Subset accuracy, micro/macro P/R/F1, Hamming loss and the per-label report."""
+def summary_lines(result: dict, names: list[str]) -> list[str]:
+    """Subset accuracy, micro/macro P/R/F1, Hamming loss and the per-label report (with each
+    label's threshold and temperature), as ``outputs.print_summary`` prints them."""
     lines = [
         f"subset accuracy {result['subset_accuracy']:.4f}   "
         f"hamming loss {result['hamming_loss']:.4f}",
@@ -125,16 +126,4 @@ def print_summary(result: dict, names: list[str]) -> None:
             f"{row['support']:8d}  {result['thresholds'][name]:9.4f}  "
             + ("none fitted" if t is None else f"{t:11.4f}")
         )
-    if cal:
-        lines.append(
-            f"calibration of the label decisions: ECE ({cal['ece_bins']} bins) "
-            f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}, "
-            f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}"
-        )
-    unseen = result.get("unseen_labels")
-    if unseen:
-        lines.append(
-            f"not scored: {unseen['count']} rows with labels never seen in training: "
-            + ", ".join(f"{label!r} ({len(rows)})" for label, rows in unseen["labels"].items())
-        )
-    print("\n".join(lines))
+    return lines

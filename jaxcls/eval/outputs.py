@@ -141,10 +141,32 @@ def _tsne(outputs: dict, names: list[str], path: Path, max_points: int) -> None:
 
 def print_summary(result: dict, names: list[str]) -> None:
     """Accuracy, macro/weighted P/R/F1, the per-class report and the confusion matrix
-    (``multilabel_report.print_summary`` for a multi-label result)."""
+    (``multilabel_report.summary_lines`` for a multi-label result), then the calibration and
+    the rows not scored."""
     if "subset_accuracy" in result:
-        multilabel_report.print_summary(result, names)
-        return
+        lines = multilabel_report.summary_lines(result, names)
+    else:
+        lines = single_label_lines(result, names)
+    cal = result.get("calibration")
+    if cal:
+        t = cal["temperature"]
+        fitted = "none fitted" if t is None else "per label" if isinstance(t, list) else f"{t:.4f}"
+        lines.append(
+            f"calibration (temperature {fitted}): ECE ({cal['ece_bins']} bins) "
+            f"{cal['ece_before']:.4f} -> {cal['ece_after']:.4f}, "
+            f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}"
+        )
+    unseen = result.get("unseen_labels")
+    if unseen:
+        lines.append(
+            f"not scored: {unseen['count']} rows with labels never seen in training: "
+            + ", ".join(f"{label!r} ({len(rows)})" for label, rows in unseen["labels"].items())
+        )
+    print("\n".join(lines))
+
+
+def single_label_lines(result: dict, names: list[str]) -> list[str]:
+    """Accuracy, macro/weighted P/R/F1, the per-class report and the confusion matrix."""
     lines = [
         f"accuracy {result['accuracy']:.4f}",
         "           precision  recall      f1",
@@ -162,17 +184,4 @@ def print_summary(result: dict, names: list[str]) -> None:
     lines.append("confusion matrix (rows = gold, columns = predicted):")
     for name, row in zip(names, result["confusion_matrix"], strict=True):
         lines.append(f"{name:>{width}}  " + " ".join(f"{v:6d}" for v in row))
-    cal = result.get("calibration")
-    if cal:
-        t = "none fitted" if cal["temperature"] is None else f"{cal['temperature']:.4f}"
-        lines.append(
-            f"calibration (temperature {t}): ECE ({cal['ece_bins']} bins) {cal['ece_before']:.4f}"
-            f" -> {cal['ece_after']:.4f}, NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}"
-        )
-    unseen = result.get("unseen_labels")
-    if unseen:
-        lines.append(
-            f"not scored: {unseen['count']} rows with labels never seen in training: "
-            + ", ".join(f"{label!r} ({len(rows)})" for label, rows in unseen["labels"].items())
-        )
-    print("\n".join(lines))
+    return lines
