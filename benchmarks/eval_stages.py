@@ -45,7 +45,7 @@ def main() -> None:
 
     def mark(stage: str) -> None:
         rss = current_rss_bytes() / 1e9
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB
         print(
             f"{stage:24s} rss {rss:5.2f} GB  peak {peak:5.2f} GB  "
             f"{time.perf_counter() - start:6.1f} s"

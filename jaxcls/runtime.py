@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import platform
 from collections.abc import Iterator
@@ -52,13 +53,21 @@ def large_blocks_unmapped_on_free() -> Iterator[None]:
     """
     libc = ctypes.CDLL(None) if _tuned else None
     if libc is not None:
+        _collect_and_trim(libc)  # whatever earlier work left free, before the peak
         libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
     try:
         yield
     finally:
         if libc is not None:
             libc.mallopt(_M_MMAP_MAX, 0)
-            libc.malloc_trim(0)
+            _collect_and_trim(libc)
+
+
+def _collect_and_trim(libc: ctypes.CDLL) -> None:
+    """Free unreachable reference cycles (restoring a checkpoint leaves some that hold
+    arrays), then return the heap's free pages to the system."""
+    gc.collect()
+    libc.malloc_trim(0)
 
 
 def release_freed_memory() -> None:

@@ -124,6 +124,7 @@ def test_bad_steps_are_logged_and_stop_the_run_then_sigint_stops_it_cleanly(trai
     def poison_steps_2_and_3(state, frozen, placed):
         return step_fn(state, poisoned(frozen) if int(state.step) in (1, 2) else frozen, placed)
 
+    poison_steps_2_and_3.lower = step_fn.lower  # fit compiles its first step ahead
     trainer.train_step = poison_steps_2_and_3
     with pytest.raises(UserError) as stop:
         trainer.fit()
@@ -140,6 +141,7 @@ def test_bad_steps_are_logged_and_stop_the_run_then_sigint_stops_it_cleanly(trai
             os.kill(os.getpid(), signal.SIGINT)
         return step_fn(state, frozen, placed)
 
+    interrupt_step_4.lower = step_fn.lower
     trainer.train_step = interrupt_step_4
     with caplog.at_level(logging.WARNING, logger="jaxcls"):
         result = trainer.fit()
@@ -147,3 +149,22 @@ def test_bad_steps_are_logged_and_stop_the_run_then_sigint_stops_it_cleanly(trai
     assert committed_steps(ckpts) == [4]
     assert int(trainer.state.bad_steps) == 0
     assert f"stopped by SIGINT after step 4; checkpoint saved in {ckpts / '4'}" in caplog.text
+
+
+def test_the_training_step_compiles_once(tmp_path, make_hf_model, compilation_cache, caplog):
+    """The first step is compiled ahead, so that the compiler's memory is freed before the
+    step's scratch is allocated; the jitted call then reuses that executable."""
+    data = e2e.write_dataset(tmp_path / "data", 8)
+    overrides = [
+        f"data.train={data['train']}",
+        f"data.val={data['val']}",
+        *e2e.REFERENCE_OVERRIDES,
+        f"model.path={make_hf_model()}",
+        "train.max_steps=3",
+    ]
+    trainer = Trainer(load_config(e2e.REPO / e2e.TINY, overrides), tmp_path / "run")
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        trainer.fit()
+    compiles = [r for r in caplog.records if r.getMessage().startswith("Compiling jit(train_step)")]
+    assert int(trainer.state.step) == 3
+    assert len(compiles) == 1, [r.getMessage()[:80] for r in compiles]

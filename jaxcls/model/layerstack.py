@@ -5,7 +5,8 @@ layout. The scanned model reads layers 0..L-2 from ``model/layers``, each leaf s
 a new leading axis, and the last layer from ``model/layers_{L-1}``. ``stack_layers`` turns
 one layout into the other (inside a jitted step for small trees such as the adapters; once,
 on the host, for the frozen base: ``stack_layers(..., consume=True)`` frees each layer's
-arrays as soon as they are stacked, so the base is never held twice).
+arrays as soon as they are copied into the stack, so the base is never held twice, and
+allocates the stacks aligned so that placing them on a CPU device copies nothing).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from jaxcls.model.lora import KERNEL_BITS
 PyTree = Any
 STACKED = "layers"
 _LAYER = re.compile(r"^layers_(\d+)$")
+# The buffer alignment below which jax copies a host array onto a CPU device (zero-copy above).
+XLA_CPU_ALIGNMENT = 64
 
 
 def _flat(tree: PyTree) -> dict[tuple, Any]:
@@ -71,6 +74,9 @@ def stack_layers(
         raise ValueError(f"layers {missing} lack some of the leaves {paths[:3]}...")
     stacked = {}
     for path in paths:
+        if consume and all(isinstance(layer.get(path), np.ndarray) for layer in per_layer):
+            stacked[path] = _stack_consuming(per_layer, model, path)
+            continue
         like = next(layer[path] for layer in per_layer if path in layer)
         leaves = [layer.get(path) for layer in per_layer]
         leaves = [jnp.zeros_like(like) if x is None else x for x in leaves]
@@ -82,6 +88,29 @@ def stack_layers(
                 _pop(model.get(f"layers_{i}", {}), path)
     rest = {k: v for k, v in model.items() if not _is_stacked_layer(k, first)}
     return {**tree, "model": {**rest, STACKED: _nest(stacked)}}
+
+
+def _stack_consuming(per_layer: list[dict], model: dict, path: tuple) -> np.ndarray:
+    """``np.stack`` of each layer's ``path`` leaf, each dropped as soon as it is copied (the
+    stack never exists twice), into an array aligned for XLA:CPU, which places it on the
+    device without a copy: jax aliases host arrays aligned to ``XLA_CPU_ALIGNMENT``."""
+    first = per_layer[0][path]
+    out = aligned_empty((len(per_layer), *first.shape), first.dtype)
+    del first
+    for i, layer in enumerate(per_layer):
+        out[i] = layer.pop(path)
+        _pop(model.get(f"layers_{i}", {}), path)
+    return out
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """``np.empty`` whose data starts on an ``XLA_CPU_ALIGNMENT`` boundary (NumPy's own
+    arrays are 16-byte aligned, so jax copies them when it places them on a CPU device)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + XLA_CPU_ALIGNMENT, np.uint8)
+    offset = -raw.ctypes.data % XLA_CPU_ALIGNMENT
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 def _pop(tree: dict, path: tuple) -> None:
