@@ -11,9 +11,10 @@ RSS and peak RSS (ru_maxrss) after each stage: where evaluation's memory goes
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from pathlib import Path
+
+import common
 
 from jaxcls.runtime import tune_malloc
 
@@ -36,7 +37,6 @@ def main() -> None:
     tune_malloc()
     import jax
 
-    from jaxcls import evaluate_run
     from jaxcls.data import batches
     from jaxcls.train import sharding
     from jaxcls.train.restore import load_run
@@ -45,7 +45,7 @@ def main() -> None:
 
     def mark(stage: str) -> None:
         rss = current_rss_bytes() / 1e9
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB
+        peak = common.peak_rss_mb() * 2**20 / 1e9
         print(
             f"{stage:24s} rss {rss:5.2f} GB  peak {peak:5.2f} GB  "
             f"{time.perf_counter() - start:6.1f} s"
@@ -70,7 +70,7 @@ def main() -> None:
     compiled = lowered.compile()
     mark("compiled")
     print(compiled.memory_analysis())
-    jax.block_until_ready(evaluate_run.predictor(run)(batch))
+    jax.block_until_ready(compiled(*arguments))
     mark("first call")
 
 

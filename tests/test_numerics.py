@@ -51,19 +51,19 @@ def compilation_cache(tmp_path_factory):
     cc.reset_cache()
 
 
+def reference_trainer(root, model_path, *overrides: str) -> Trainer:
+    """A Trainer with the reference run's config (so the same executables) and ``overrides``."""
+    data = e2e.write_dataset(root / "data", 8)
+    keys = [f"data.train={data['train']}", f"data.val={data['val']}"]
+    keys += [*e2e.REFERENCE_OVERRIDES, f"model.path={model_path}", *overrides]
+    return Trainer(load_config(e2e.REPO / e2e.TINY, keys), root / "run")
+
+
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory, make_hf_model, compilation_cache) -> Trainer:
-    """The reference run's config (so the same executables) with max_bad_steps=2."""
+    """The reference run with max_bad_steps=2."""
     root = tmp_path_factory.mktemp("numerics")
-    data = e2e.write_dataset(root / "data", 8)
-    overrides = [
-        f"data.train={data['train']}",
-        f"data.val={data['val']}",
-        *e2e.REFERENCE_OVERRIDES,
-        f"model.path={make_hf_model()}",
-        "train.max_bad_steps=2",
-    ]
-    return Trainer(load_config(e2e.REPO / e2e.TINY, overrides), root / "run")
+    return reference_trainer(root, make_hf_model(), "train.max_bad_steps=2")
 
 
 def copy(tree):
@@ -154,15 +154,7 @@ def test_bad_steps_are_logged_and_stop_the_run_then_sigint_stops_it_cleanly(trai
 def test_the_training_step_compiles_once(tmp_path, make_hf_model, compilation_cache, caplog):
     """The first step is compiled ahead, so that the compiler's memory is freed before the
     step's scratch is allocated; the jitted call then reuses that executable."""
-    data = e2e.write_dataset(tmp_path / "data", 8)
-    overrides = [
-        f"data.train={data['train']}",
-        f"data.val={data['val']}",
-        *e2e.REFERENCE_OVERRIDES,
-        f"model.path={make_hf_model()}",
-        "train.max_steps=3",
-    ]
-    trainer = Trainer(load_config(e2e.REPO / e2e.TINY, overrides), tmp_path / "run")
+    trainer = reference_trainer(tmp_path, make_hf_model(), "train.max_steps=3")
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
         trainer.fit()
     compiles = [r for r in caplog.records if r.getMessage().startswith("Compiling jit(train_step)")]
