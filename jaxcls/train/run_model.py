@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +140,12 @@ def build(
     write_base: bool = True,
     warm_start: bool = True,
     quantize: bool = True,
+    train_texts: Sequence[str] | None = None,
 ) -> RunModel:
     """Model, tokenizer and fresh trainable state for ``label_names``.
+
+    ``train_texts``: what a new random-init base learns its vocabulary from
+    (``model.tokenizer="data"``); a run dir's saved base already has its tokenizer.
 
     ``warm_start`` starts the adapters from ``lora.init_from``; a run restored from its own
     checkpoint does not need (or re-read) that source. ``quantize=False`` keeps the base in
@@ -150,7 +154,7 @@ def build(
     # Reading and stacking the base frees large blocks; unmapped at once, they don't
     # fragment the heap (runtime.large_blocks_unmapped_on_free).
     with runtime.large_blocks_unmapped_on_free():
-        loaded = base_model.load_backbone(cfg, workdir, write=write_base)
+        loaded = base_model.load_backbone(cfg, workdir, write_base, train_texts)
         if quantize and cfg.model.get("quantize", "none") == "int8":
             quant.quantize_params(loaded.params)  # in place: each float kernel freed in turn
     if loaded.tokenizer_dir is None:

@@ -141,7 +141,9 @@ class Trainer:
         )
 
         # Model and optimizer.
-        self.run = run_model.build(cfg, self.workdir, self.label_names, write_base=self.main)
+        self.run = run_model.build(
+            cfg, self.workdir, self.label_names, write_base=self.main, train_texts=train_table.texts
+        )
         self.train_set, self.val_set = self.run.dataset(train_table), self.run.dataset(val_table)
         self.batches = batches.TrainBatches(
             self.train_set, cfg.train.batch_size, cfg.seed, cfg.data.sampler, self.run.pad_id,

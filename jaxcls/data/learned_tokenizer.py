@@ -1,0 +1,77 @@
+"""A byte-level BPE vocabulary learned from the training texts, for a random-init base.
+
+A model trained from scratch gains nothing from Qwen3's 151,936-token vocabulary: most of its
+embedding rows never appear in a small training set, and the rows that do appear are seen a
+handful of times each. A few thousand merges learned from the data itself give every token
+enough examples (measured in benchmarks/NOTES.md, "A vocabulary learned from the data").
+The tokenizer splits text as Qwen3 does (NFC, the same pre-tokenizer regex, byte-level, so
+no text is ever out of vocabulary) and saves as a Hugging Face tokenizer dir that
+``AutoTokenizer`` and an exported checkpoint load like Qwen's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from jaxcls.data.demo import QWEN_PATTERN
+
+log = logging.getLogger("jaxcls")
+
+PAD_TOKEN = "<|endoftext|>"  # id 0, as Qwen pads with <|endoftext|>
+EOS_TOKEN = "<|im_end|>"  # id 1
+MIN_VOCAB = 512  # the 256 byte symbols, the two special tokens and some merges
+
+
+def learn_tokenizer(texts: Sequence[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE of at most ``vocab_size`` tokens (merges seen at least twice)."""
+    if vocab_size < MIN_VOCAB:
+        raise ValueError(f"vocab_size must be at least {MIN_VOCAB}, got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[PAD_TOKEN, EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer, length=len(texts))
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
+    """``tokenizer.json`` + ``tokenizer_config.json`` in ``out_dir`` (made if missing)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out_dir / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "add_prefix_space": False,
+        "bos_token": None,
+        "eos_token": EOS_TOKEN,
+        "pad_token": PAD_TOKEN,
+        "unk_token": None,
+        "padding_side": "right",
+        "model_max_length": 131072,
+        "clean_up_tokenization_spaces": False,
+        "errors": "replace",
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+
+def write_learned_tokenizer(texts: Sequence[str], vocab_size: int, out_dir: Path) -> int:
+    """Learn a tokenizer from ``texts``, save it in ``out_dir``; its vocabulary size."""
+    tok = learn_tokenizer(texts, vocab_size)
+    save_tokenizer(tok, out_dir)
+    size = tok.get_vocab_size()
+    log.info("learned a %d-token byte-level BPE from %d training texts", size, len(texts))
+    return size
