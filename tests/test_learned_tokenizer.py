@@ -73,3 +73,9 @@ def test_random_init_base_takes_the_learned_vocabulary_and_saves_it(tmp_path):
 def test_qwen_vocabulary_stays_available(tmp_path):
     embed, saved = _base_vocab(tmp_path, "qwen", None)
     assert saved == 151669 and embed == 151680  # Qwen3 ids, rounded up to 128s
+
+
+def test_a_run_dir_without_its_learned_base_says_so(tmp_path):
+    cfg = load_config(ROOT / "configs/tiny.py")
+    with pytest.raises(UserError, match="base and its learned tokenizer are missing"):
+        base_model.load_backbone(cfg, tmp_path, write=False, train_texts=None)

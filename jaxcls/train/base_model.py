@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxcls.data import learned_tokenizer, tokenizer
 from jaxcls.data.demo import qwen_tokenizer_dir
+from jaxcls.errors import UserError
 from jaxcls.formats import model_dir
 from jaxcls.model.dtypes import DTYPES
 from jaxcls.model.qwen3 import Qwen3Config, Qwen3Model
@@ -60,6 +61,11 @@ def load_backbone(
     base = workdir / BASE_DIR
     if (base / model_dir.META_FILE).is_file():
         return model_dir.read_model(base, dtype=cfg.model.param_dtype)
+    if cfg.model.tokenizer == "data" and train_texts is None:
+        raise UserError(
+            f"{base}: the run's random-init base and its learned tokenizer are missing; "
+            "train the run again (or restore that folder)"
+        )
     tok_dir = random_init_tokenizer(cfg.model, train_texts)
     config = random_config(cfg.model, len(tokenizer.load_tokenizer(tok_dir)))
     params = init_random(config, cfg.seed, cfg.model.param_dtype)
@@ -79,8 +85,6 @@ def random_init_tokenizer(model_cfg: Any, train_texts: Sequence[str] | None) -> 
     """The tokenizer dir of a new random-init base under ``model.tokenizer``."""
     if model_cfg.tokenizer == "qwen":
         return qwen_tokenizer_dir()
-    if train_texts is None:
-        raise ValueError("model.tokenizer='data' learns its vocabulary from the training texts")
     tok_dir = Path(tempfile.mkdtemp(prefix="jaxcls-tokenizer-"))
     atexit.register(shutil.rmtree, tok_dir, True)  # the run dir's base keeps its own copy
     learned_tokenizer.write_learned_tokenizer(train_texts, model_cfg.vocab_size, tok_dir)
