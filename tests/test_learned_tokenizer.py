@@ -39,7 +39,7 @@ def test_learned_vocabulary_is_small_and_loads_as_a_hf_tokenizer(tmp_path):
     assert hf.tokenize("12345") == list("12345")
 
 
-def test_learning_is_deterministic(tmp_path):
+def test_learning_is_deterministic():
     a = learned_tokenizer.learn_tokenizer(TRAIN, 700).to_str()
     b = learned_tokenizer.learn_tokenizer(list(TRAIN), 700).to_str()
     assert a == b

@@ -24,13 +24,10 @@ log = logging.getLogger("jaxcls")
 
 PAD_TOKEN = "<|endoftext|>"  # id 0, as Qwen pads with <|endoftext|>
 EOS_TOKEN = "<|im_end|>"  # id 1
-MIN_VOCAB = 512  # the 256 byte symbols, the two special tokens and some merges
 
 
 def learn_tokenizer(texts: Sequence[str], vocab_size: int) -> Tokenizer:
     """A byte-level BPE of at most ``vocab_size`` tokens (merges seen at least twice)."""
-    if vocab_size < MIN_VOCAB:
-        raise ValueError(f"vocab_size must be at least {MIN_VOCAB}, got {vocab_size}")
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
