@@ -193,6 +193,18 @@ def get_config() -> ml_collections.ConfigDict:
     # (stratified, seeded; the parts are written to RUN/data/); "" = data.val/data.test as given.
     config.data.split = ""
 
+    # Random-init base only (model.path empty): before classification, the new base learns to
+    # predict each next token of the training texts (its tied embedding as the output layer), so
+    # classification starts from a model that knows which tokens go together. Saved in the run's
+    # base/; a pretrained model.path skips it.
+    config.pretrain = ml_collections.ConfigDict()
+    # Passes over the training texts; 0 = no pretraining.
+    config.pretrain.epochs = 10
+    # At most this many pretraining steps (batches of train.batch_size texts); 0 = no cap.
+    config.pretrain.max_steps = 2000
+    # Peak learning rate (AdamW, 5% warm-up, cosine decay).
+    config.pretrain.lr = 1e-3
+
     # AdamW with linear warmup and cosine decay.
     config.optim = ml_collections.ConfigDict()
     # Peak learning rate; 0 = the recipe's: 1e-3 for a random-init base, 2e-4 for LoRA on a

@@ -34,7 +34,7 @@ _POSITIVE = (
     "model.hidden_size model.num_layers model.num_heads model.num_kv_heads model.head_dim "
     "model.intermediate_size lora.rank lora.alpha contrastive.temperature "
     "contrastive.base_temperature contrastive.temperature_end contrastive.temperature_min "
-    "contrastive.temperature_max data.max_length data.min_bucket_batches "
+    "contrastive.temperature_max pretrain.lr data.max_length data.min_bucket_batches "
     "optim.accumulate train.batch_size "
     "train.eval_batch_size train.log_every train.keep_best train.max_bad_steps mesh.fsdp "
     "train.evals_per_epoch"
@@ -44,7 +44,7 @@ _NON_NEGATIVE = (
     "contrastive.margin contrastive.warmup_steps contrastive.ramp_steps data.max_train_samples "
     "optim.lr optim.weight_decay optim.warmup_steps optim.grad_clip train.epochs train.max_steps "
     "train.eval_every train.save_every train.patience distributed.num_processes "
-    "eval.max_tsne_points data.window_stride"
+    "eval.max_tsne_points data.window_stride pretrain.epochs pretrain.max_steps"
 ).split()
 _BELOW_ONE = ("lora.dropout", "loss.label_smoothing", "optim.warmup_ratio", "data.token_dropout")
 # What a multi-label validation logs (the rest of VALIDATION_METRICS are single-label's).

@@ -20,6 +20,7 @@ from jaxcls.errors import UserError
 from jaxcls.formats import model_dir
 from jaxcls.model.dtypes import DTYPES
 from jaxcls.model.qwen3 import Qwen3Config, Qwen3Model
+from jaxcls.train import lm_pretrain
 
 log = logging.getLogger("jaxcls")
 
@@ -61,22 +62,26 @@ def load_backbone(
     base = workdir / BASE_DIR
     if (base / model_dir.META_FILE).is_file():
         return model_dir.read_model(base, dtype=cfg.model.param_dtype)
-    if cfg.model.tokenizer == "data" and train_texts is None:
+    pretraining = lm_pretrain.PretrainSettings.from_config(cfg)
+    if train_texts is None and (cfg.model.tokenizer == "data" or pretraining.epochs):
         raise UserError(
-            f"{base}: the run's random-init base and its learned tokenizer are missing; "
-            "train the run again (or restore that folder)"
+            f"{base}: the run's random-init base (its learned tokenizer and pretrained weights) "
+            "is missing; train the run again (or restore that folder)"
         )
     tok_dir = random_init_tokenizer(cfg.model, train_texts)
-    config = random_config(cfg.model, len(tokenizer.load_tokenizer(tok_dir)))
+    tok = tokenizer.load_tokenizer(tok_dir)
+    config = random_config(cfg.model, len(tok))
     params = init_random(config, cfg.seed, cfg.model.param_dtype)
     log.info(
         "model.path is empty: random-init Qwen3 preset %r (hidden %d, %d layers, vocab %d)",
         cfg.model.preset, config.hidden_size, config.num_hidden_layers, config.vocab_size,
     )  # fmt: skip
+    source = f"random:{cfg.model.preset}"
+    if pretraining.epochs:
+        params, done = lm_pretrain.pretrain(config, params, train_texts, tok, pretraining, write)
+        source += f" + next-token pretraining ({done['steps']} steps)"
     if write:
-        model_dir.write_model(
-            base, config, params, None, tokenizer_dir=tok_dir, source=f"random:{cfg.model.preset}"
-        )
+        model_dir.write_model(base, config, params, None, tokenizer_dir=tok_dir, source=source)
         tok_dir = base
     return model_dir.LoadedModel(config, params, None, tok_dir)
 
