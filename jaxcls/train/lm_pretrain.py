@@ -11,6 +11,8 @@ exported like any other.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -66,6 +68,23 @@ def lm_dataset(texts: Sequence[str], tok: Any, max_length: int) -> batches.Datas
     return batches.Dataset(ids=ids, labels=np.zeros(len(ids), np.int32))
 
 
+def length_grouped_batches(
+    data: batches.Dataset, settings: PretrainSettings, epoch: int
+) -> list[np.ndarray]:
+    """One epoch's batches of sample indices (-1 = padding row), texts of similar length
+    together: each batch pads to its own length bucket, so short texts are not padded to the
+    length of the few long ones. The batches come in a seeded random order."""
+    rng = np.random.default_rng([settings.seed, epoch])
+    size = settings.batch_size
+    order = rng.permutation(len(data))
+    widths = np.array([batches.bucket_of(n, settings.max_length) for n in data.lengths])
+    order = order[np.argsort(widths[order], kind="stable")]
+    padded = np.full(-(-len(order) // size) * size, -1, dtype=np.int64)
+    padded[: len(order)] = order
+    plan = padded.reshape(-1, size)
+    return list(plan[rng.permutation(len(plan))])
+
+
 def next_token_loss(module: Qwen3Model, params: PyTree, batch: dict) -> jax.Array:
     """Mean cross-entropy of each real token given the ones before it (tied output layer)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -94,17 +113,14 @@ def pretrain(
     n_steps = settings.steps(len(data))
     if n_steps == 0:
         return params, {"steps": 0}
-    stream = batches.TrainBatches(
-        data, settings.batch_size, settings.seed, "random", tokenizer.pad_id(tok),
-        settings.max_length, min_bucket_batches=8,
-    )  # fmt: skip
+    pad = tokenizer.pad_id(tok)
     schedule = optax.warmup_cosine_decay_schedule(0.0, settings.lr, max(1, n_steps // 20), n_steps)
     optimizer = optax.chain(
         optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01)
     )
     module = Qwen3Model(config)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(p, opt_state, batch):
         loss, grads = jax.value_and_grad(lambda q: next_token_loss(module, q, batch))(p)
         updates, opt_state = optimizer.update(grads, opt_state, p)
@@ -117,13 +133,18 @@ def pretrain(
         "%d steps (pretrain.epochs=%d, pretrain.max_steps=%d; pretrain.epochs=0 skips it)",
         len(data), n_steps, settings.epochs, settings.max_steps,
     )  # fmt: skip
-    start, losses = time.perf_counter(), []
+    start, losses, tokens = time.perf_counter(), [], 0
+    plans = (length_grouped_batches(data, settings, epoch) for epoch in itertools.count())
+    plan = itertools.islice(itertools.chain.from_iterable(plans), n_steps)
     with tqdm(total=n_steps, unit="step", desc="pretrain", disable=not show_progress) as bar:
-        for i in range(n_steps):
-            p, opt_state, loss = step(p, opt_state, stream(i))
+        for i, indices in enumerate(plan):
+            batch = batches.collate(data, indices, pad, settings.max_length)
+            p, opt_state, loss = step(p, opt_state, batch)
+            tokens += int(batch["attention_mask"].sum())
             if i % 20 == 0 or i == n_steps - 1:
                 losses.append(float(loss))
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                rate = tokens / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{rate:.0f}")
             bar.update(1)
     summary = {
         "steps": n_steps,
