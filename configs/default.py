@@ -200,8 +200,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.pretrain = ml_collections.ConfigDict()
     # Passes over the training texts; 0 = no pretraining.
     config.pretrain.epochs = 10
-    # At most this many pretraining steps (batches of train.batch_size texts); 0 = no cap.
-    config.pretrain.max_steps = 2000
+    # Stop before the batch that would take the training texts' tokens seen (padding not
+    # counted) past this many, which bounds the time it takes on long or many texts; 0 = no cap.
+    config.pretrain.max_tokens = 1_000_000
     # Peak learning rate (AdamW, 5% warm-up, cosine decay).
     config.pretrain.lr = 1e-3
 

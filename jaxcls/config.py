@@ -44,7 +44,7 @@ _NON_NEGATIVE = (
     "contrastive.margin contrastive.warmup_steps contrastive.ramp_steps data.max_train_samples "
     "optim.lr optim.weight_decay optim.warmup_steps optim.grad_clip train.epochs train.max_steps "
     "train.eval_every train.save_every train.patience distributed.num_processes "
-    "eval.max_tsne_points data.window_stride pretrain.epochs pretrain.max_steps"
+    "eval.max_tsne_points data.window_stride pretrain.epochs pretrain.max_tokens"
 ).split()
 _BELOW_ONE = ("lora.dropout", "loss.label_smoothing", "optim.warmup_ratio", "data.token_dropout")
 # What a multi-label validation logs (the rest of VALIDATION_METRICS are single-label's).

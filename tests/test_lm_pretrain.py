@@ -48,14 +48,23 @@ def test_next_token_loss_matches_transformers_causal_lm(make_hf_model, padded_ba
     np.testing.assert_allclose(float(ours), want, rtol=1e-5)
 
 
-def test_steps_are_epochs_of_batches_capped_by_max_steps():
-    def steps(max_steps: int) -> int:
-        overrides = ["pretrain.epochs=3", f"pretrain.max_steps={max_steps}"]
-        cfg = load_config(ROOT / "configs/tiny.py", overrides)
-        return lm_pretrain.PretrainSettings.from_config(cfg).steps(65)
+def test_the_plan_is_epochs_of_batches_cut_at_max_tokens():
+    data = batches.Dataset(ids=[np.zeros(n, np.int32) for n in [10] * 60 + [3] * 5], labels=None)
 
-    assert steps(0) == 3 * 9  # batch 8: 9 batches an epoch
-    assert steps(10) == 10
+    def plan(max_tokens: int) -> list[np.ndarray]:
+        overrides = ["pretrain.epochs=3", f"pretrain.max_tokens={max_tokens}"]
+        cfg = load_config(ROOT / "configs/tiny.py", overrides)
+        return lm_pretrain.pretrain_plan(data, lm_pretrain.PretrainSettings.from_config(cfg))
+
+    full = plan(0)
+    assert len(full) == 3 * 9  # batch 8: 9 batches an epoch, 615 tokens
+    flat = np.concatenate(full)
+    assert np.bincount(flat[flat >= 0]).tolist() == [3] * 65
+    cut = plan(1000)  # one epoch (615 tokens) and as many of the next as stay within 1,000
+    tokens = [sum(len(data.ids[i]) for i in b if i >= 0) for b in full]
+    assert len(cut) == np.searchsorted(np.cumsum(tokens), 1000, side="right")
+    assert 9 < len(cut) < 18 and all((a == b).all() for a, b in zip(cut, full, strict=False))
+    assert len(plan(1)) == 1  # at least one batch
 
 
 def test_every_text_ends_with_end_of_text_within_max_length(tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -37,7 +36,7 @@ class PretrainSettings:
     """The ``pretrain`` config section."""
 
     epochs: int
-    max_steps: int
+    max_tokens: int
     lr: float
     batch_size: int
     max_length: int
@@ -47,17 +46,12 @@ class PretrainSettings:
     def from_config(cls, cfg: Any) -> PretrainSettings:
         return cls(
             epochs=int(cfg.pretrain.epochs),
-            max_steps=int(cfg.pretrain.max_steps),
+            max_tokens=int(cfg.pretrain.max_tokens),
             lr=float(cfg.pretrain.lr),
             batch_size=int(cfg.train.batch_size),
             max_length=int(cfg.data.max_length),
             seed=int(cfg.seed),
         )
-
-    def steps(self, n_texts: int) -> int:
-        """``epochs`` passes over ``n_texts``, at most ``max_steps`` (0 = no cap)."""
-        total = self.epochs * batches.steps_per_epoch(n_texts, self.batch_size)
-        return min(total, self.max_steps) if self.max_steps else total
 
 
 def lm_dataset(texts: Sequence[str], tok: Any, max_length: int) -> batches.Dataset:
@@ -85,6 +79,17 @@ def length_grouped_batches(
     return list(plan[rng.permutation(len(plan))])
 
 
+def pretrain_plan(data: batches.Dataset, settings: PretrainSettings) -> list[np.ndarray]:
+    """The run's batches: ``epochs`` epochs of ``length_grouped_batches``, cut before the one
+    that would take the real tokens seen past ``max_tokens`` (0 = no cap; at least one batch)."""
+    plan = [b for e in range(settings.epochs) for b in length_grouped_batches(data, settings, e)]
+    if not settings.max_tokens or not plan:
+        return plan
+    lengths = data.lengths
+    seen = np.cumsum([lengths[b[b >= 0]].sum() for b in plan])
+    return plan[: max(1, int(np.searchsorted(seen, settings.max_tokens, side="right")))]
+
+
 def next_token_loss(module: Qwen3Model, params: PyTree, batch: dict) -> jax.Array:
     """Mean cross-entropy of each real token given the ones before it (tied output layer)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -110,7 +115,8 @@ def pretrain(
     if not config.tie_word_embeddings:
         raise ValueError("next-token pretraining uses the tied embedding as its output layer")
     data = lm_dataset(texts, tok, settings.max_length)
-    n_steps = settings.steps(len(data))
+    plan = pretrain_plan(data, settings)
+    n_steps = len(plan)
     if n_steps == 0:
         return params, {"steps": 0}
     pad = tokenizer.pad_id(tok)
@@ -130,12 +136,10 @@ def pretrain(
     opt_state = optimizer.init(p)
     log.info(
         "pretraining the random-init base: next-token prediction on %d training texts, "
-        "%d steps (pretrain.epochs=%d, pretrain.max_steps=%d; pretrain.epochs=0 skips it)",
-        len(data), n_steps, settings.epochs, settings.max_steps,
+        "%d steps (pretrain.epochs=%d, pretrain.max_tokens=%d; pretrain.epochs=0 skips it)",
+        len(data), n_steps, settings.epochs, settings.max_tokens,
     )  # fmt: skip
     start, losses, tokens = time.perf_counter(), [], 0
-    plans = (length_grouped_batches(data, settings, epoch) for epoch in itertools.count())
-    plan = itertools.islice(itertools.chain.from_iterable(plans), n_steps)
     with tqdm(total=n_steps, unit="step", desc="pretrain", disable=not show_progress) as bar:
         for i, indices in enumerate(plan):
             batch = batches.collate(data, indices, pad, settings.max_length)
