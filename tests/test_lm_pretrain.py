@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -70,7 +71,8 @@ def test_the_plan_is_epochs_of_batches_cut_at_max_tokens():
 def test_every_text_ends_with_end_of_text_within_max_length(tmp_path):
     learned_tokenizer.write_learned_tokenizer(TEXTS, 600, tmp_path)
     tok = tokenizer.load_tokenizer(tmp_path)
-    data = lm_pretrain.lm_dataset(TEXTS[:4] + ["long " * 100], tok, 16)
+    data, cut = lm_pretrain.lm_dataset(TEXTS[:4] + ["long " * 100], tok, 16)
+    assert cut == 1 / 5
     assert all(x[-1] == tok.eos_token_id for x in data.ids)
     assert max(len(x) for x in data.ids) == 16
     assert list(data.ids[0][:-1]) == tok(TEXTS[0])["input_ids"]
@@ -87,7 +89,7 @@ def test_pretraining_lowers_next_token_loss_and_is_saved_with_the_base(tmp_path)
     cfg, pretrained = _base(tmp_path / "on", overrides)
     _, plain = _base(tmp_path / "off", ["pretrain.epochs=0", "model.vocab_size=600"])
     tok = tokenizer.load_tokenizer(pretrained.tokenizer_dir)
-    data = lm_pretrain.lm_dataset(TEXTS[:4], tok, 32)
+    data, _ = lm_pretrain.lm_dataset(TEXTS[:4], tok, 32)
     width = max(len(x) for x in data.ids)
     ids = np.zeros((4, width), np.int32)
     mask = np.zeros((4, width), np.int32)
@@ -140,3 +142,15 @@ def test_each_epoch_has_every_text_once_in_batches_of_like_length():
     assert all((a == b).all() for a, b in zip(plan, again, strict=True))
     other = lm_pretrain.length_grouped_batches(data, settings, epoch=1)
     assert any((a != b).any() for a, b in zip(plan, other, strict=True))
+
+
+def test_pretraining_is_skipped_when_most_texts_are_cut(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="jaxcls")
+    short = ["pretrain.epochs=2", "model.vocab_size=600", "data.max_length=2"]
+    _, skipped = _base(tmp_path / "skip", short)
+    _, plain = _base(tmp_path / "plain", ["pretrain.epochs=0", "model.vocab_size=600"])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, skipped.params, plain.params)
+    assert "pretraining skipped" in caplog.text
+    _, forced = _base(tmp_path / "forced", [*short, "pretrain.skip_truncated=false"])
+    meta = json.loads((tmp_path / "forced" / base_model.BASE_DIR / model_dir.META_FILE).read_text())
+    assert "next-token pretraining (16 steps)" in meta["source"]

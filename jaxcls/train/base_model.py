@@ -79,7 +79,8 @@ def load_backbone(
     source = f"random:{cfg.model.preset}"
     if pretraining.epochs:
         params, done = lm_pretrain.pretrain(config, params, train_texts, tok, pretraining, write)
-        source += f" + next-token pretraining ({done['steps']} steps)"
+        if done["steps"]:
+            source += f" + next-token pretraining ({done['steps']} steps)"
     if write:
         model_dir.write_model(base, config, params, None, tokenizer_dir=tok_dir, source=source)
         tok_dir = base

@@ -38,6 +38,7 @@ class PretrainSettings:
     epochs: int
     max_tokens: int
     lr: float
+    skip_truncated: bool
     batch_size: int
     max_length: int
     seed: int
@@ -48,18 +49,21 @@ class PretrainSettings:
             epochs=int(cfg.pretrain.epochs),
             max_tokens=int(cfg.pretrain.max_tokens),
             lr=float(cfg.pretrain.lr),
+            skip_truncated=bool(cfg.pretrain.skip_truncated),
             batch_size=int(cfg.train.batch_size),
             max_length=int(cfg.data.max_length),
             seed=int(cfg.seed),
         )
 
 
-def lm_dataset(texts: Sequence[str], tok: Any, max_length: int) -> batches.Dataset:
-    """Each text's tokens followed by end-of-text, at most ``max_length`` tokens in all."""
+def lm_dataset(texts: Sequence[str], tok: Any, max_length: int) -> tuple[batches.Dataset, float]:
+    """Each text's tokens followed by end-of-text, at most ``max_length`` tokens in all; and
+    the share of texts that were cut to fit."""
     end = tok.eos_token_id if tok.eos_token_id is not None else tokenizer.pad_id(tok)
-    ids = tokenizer.tokenize(texts, tok, max_length, source="pretraining texts")
-    ids = [np.append(x[: max_length - 1], end).astype(np.int32) for x in ids]
-    return batches.Dataset(ids=ids, labels=np.zeros(len(ids), np.int32))
+    full = tokenizer.tokenize(texts, tok, 2**62)
+    ids = [np.append(x[: max_length - 1], end).astype(np.int32) for x in full]
+    cut = sum(len(x) >= max_length for x in full) / max(1, len(full))
+    return batches.Dataset(ids=ids, labels=np.zeros(len(ids), np.int32)), cut
 
 
 def length_grouped_batches(
@@ -114,7 +118,14 @@ def pretrain(
     small random-init bases take this path."""
     if not config.tie_word_embeddings:
         raise ValueError("next-token pretraining uses the tied embedding as its output layer")
-    data = lm_dataset(texts, tok, settings.max_length)
+    data, cut = lm_dataset(texts, tok, settings.max_length)
+    if settings.skip_truncated and cut > 0.5:
+        log.info(
+            "pretraining skipped: %.0f%% of the training texts are longer than data.max_length=%d "
+            "tokens, where the quality suite measured no gain from it (set "
+            "pretrain.skip_truncated=false to pretrain anyway)", 100 * cut, settings.max_length,
+        )  # fmt: skip
+        return params, {"steps": 0}
     plan = pretrain_plan(data, settings)
     n_steps = len(plan)
     if n_steps == 0:
