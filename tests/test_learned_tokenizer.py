@@ -77,5 +77,5 @@ def test_qwen_vocabulary_stays_available(tmp_path):
 
 def test_a_run_dir_without_its_learned_base_says_so(tmp_path):
     cfg = load_config(ROOT / "configs/tiny.py")
-    with pytest.raises(UserError, match="base and its learned tokenizer are missing"):
+    with pytest.raises(UserError, match=r"random-init base \(its learned tokenizer.*\) is missing"):
         base_model.load_backbone(cfg, tmp_path, write=False, train_texts=None)
