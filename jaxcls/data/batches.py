@@ -188,6 +188,22 @@ def epoch_plan(
     return plan
 
 
+def length_grouped_plan(
+    lengths: np.ndarray, batch_size: int, max_length: int, seed: int, epoch: int
+) -> np.ndarray:
+    """Sample indices [steps_per_epoch, batch_size] of one epoch (-1 = padding row), samples of
+    the same length bucket together, so each batch pads to its own bucket rather than to the
+    longest of a random mix; the batches in a seeded random order."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    bucket = np.searchsorted(buckets(max_length), lengths)  # index of the smallest that holds it
+    order = order[np.argsort(bucket[order], kind="stable")]
+    plan = np.full(steps_per_epoch(len(lengths), batch_size) * batch_size, -1, dtype=np.int64)
+    plan[: len(order)] = order
+    plan = plan.reshape(-1, batch_size)
+    return plan[rng.permutation(len(plan))]
+
+
 def merge_rare_buckets(widths: np.ndarray, min_batches: int) -> np.ndarray:
     """``widths`` with each bucket used by fewer than ``min_batches`` batches raised to the
     next larger bucket that stays (the largest always stays).

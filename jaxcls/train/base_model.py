@@ -78,9 +78,9 @@ def load_backbone(
     )  # fmt: skip
     source = f"random:{cfg.model.preset}"
     if pretraining.epochs:
-        params, done = lm_pretrain.pretrain(config, params, train_texts, tok, pretraining, write)
-        if done["steps"]:
-            source += f" + next-token pretraining ({done['steps']} steps)"
+        params, steps = lm_pretrain.pretrain(config, params, train_texts, tok, pretraining, write)
+        if steps:
+            source += f" + next-token pretraining ({steps} steps)"
     if write:
         model_dir.write_model(base, config, params, None, tokenizer_dir=tok_dir, source=source)
         tok_dir = base

@@ -63,33 +63,22 @@ def lm_dataset(texts: Sequence[str], tok: Any, max_length: int) -> tuple[batches
     full = tokenizer.tokenize(texts, tok, 2**62)
     ids = [np.append(x[: max_length - 1], end).astype(np.int32) for x in full]
     cut = sum(len(x) >= max_length for x in full) / max(1, len(full))
-    return batches.Dataset(ids=ids, labels=np.zeros(len(ids), np.int32)), cut
-
-
-def length_grouped_batches(
-    data: batches.Dataset, settings: PretrainSettings, epoch: int
-) -> list[np.ndarray]:
-    """One epoch's batches of sample indices (-1 = padding row), texts of similar length
-    together: each batch pads to its own length bucket, so short texts are not padded to the
-    length of the few long ones. The batches come in a seeded random order."""
-    rng = np.random.default_rng([settings.seed, epoch])
-    size = settings.batch_size
-    order = rng.permutation(len(data))
-    widths = np.array([batches.bucket_of(n, settings.max_length) for n in data.lengths])
-    order = order[np.argsort(widths[order], kind="stable")]
-    padded = np.full(-(-len(order) // size) * size, -1, dtype=np.int64)
-    padded[: len(order)] = order
-    plan = padded.reshape(-1, size)
-    return list(plan[rng.permutation(len(plan))])
+    return batches.Dataset(ids=ids, labels=None), cut
 
 
 def pretrain_plan(data: batches.Dataset, settings: PretrainSettings) -> list[np.ndarray]:
-    """The run's batches: ``epochs`` epochs of ``length_grouped_batches``, cut before the one
-    that would take the real tokens seen past ``max_tokens`` (0 = no cap; at least one batch)."""
-    plan = [b for e in range(settings.epochs) for b in length_grouped_batches(data, settings, e)]
+    """The run's batches: ``epochs`` epochs of ``batches.length_grouped_plan``, cut before the
+    one that would take the real tokens seen past ``max_tokens`` (0 = no cap; at least one)."""
+    lengths = data.lengths
+    plan = [
+        indices
+        for epoch in range(settings.epochs)
+        for indices in batches.length_grouped_plan(
+            lengths, settings.batch_size, settings.max_length, settings.seed, epoch
+        )
+    ]
     if not settings.max_tokens or not plan:
         return plan
-    lengths = data.lengths
     seen = np.cumsum([lengths[b[b >= 0]].sum() for b in plan])
     return plan[: max(1, int(np.searchsorted(seen, settings.max_tokens, side="right")))]
 
@@ -112,10 +101,10 @@ def pretrain(
     tok: Any,
     settings: PretrainSettings,
     show_progress: bool = True,
-) -> tuple[PyTree, dict[str, float]]:
-    """``params`` (``{"model": ...}``, host arrays) after next-token training on ``texts``;
-    and a summary (steps, first and last logged loss, seconds). Runs on one device: only the
-    small random-init bases take this path."""
+) -> tuple[PyTree, int]:
+    """``params`` (``{"model": ...}``, host arrays) after next-token training on ``texts``,
+    and the number of steps taken (0: skipped). Runs on one device: only the small
+    random-init bases take this path."""
     if not config.tie_word_embeddings:
         raise ValueError("next-token pretraining uses the tied embedding as its output layer")
     data, cut = lm_dataset(texts, tok, settings.max_length)
@@ -125,11 +114,11 @@ def pretrain(
             "tokens, where the quality suite measured no gain from it (set "
             "pretrain.skip_truncated=false to pretrain anyway)", 100 * cut, settings.max_length,
         )  # fmt: skip
-        return params, {"steps": 0}
+        return params, 0
     plan = pretrain_plan(data, settings)
     n_steps = len(plan)
     if n_steps == 0:
-        return params, {"steps": 0}
+        return params, 0
     pad = tokenizer.pad_id(tok)
     schedule = optax.warmup_cosine_decay_schedule(0.0, settings.lr, max(1, n_steps // 20), n_steps)
     optimizer = optax.chain(
@@ -161,14 +150,8 @@ def pretrain(
                 rate = tokens / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{rate:.0f}")
             bar.update(1)
-    summary = {
-        "steps": n_steps,
-        "first_loss": losses[0],
-        "last_loss": losses[-1],
-        "seconds": time.perf_counter() - start,
-    }
     log.info(
         "pretraining done in %.0f s: next-token loss %.3f -> %.3f",
-        summary["seconds"], summary["first_loss"], summary["last_loss"],
+        time.perf_counter() - start, losses[0], losses[-1],
     )  # fmt: skip
-    return {"model": jax.tree_util.tree_map(np.asarray, p)}, summary
+    return {"model": jax.tree_util.tree_map(np.asarray, p)}, n_steps
