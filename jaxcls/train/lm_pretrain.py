@@ -58,11 +58,11 @@ class PretrainSettings:
 
 def lm_dataset(texts: Sequence[str], tok: Any, max_length: int) -> tuple[batches.Dataset, float]:
     """Each text's tokens followed by end-of-text, at most ``max_length`` tokens in all; and
-    the share of texts that were cut to fit."""
+    the share of texts longer than ``max_length`` tokens (those classification truncates)."""
     end = tok.eos_token_id if tok.eos_token_id is not None else tokenizer.pad_id(tok)
     full = tokenizer.tokenize(texts, tok, 2**62)
     ids = [np.append(x[: max_length - 1], end).astype(np.int32) for x in full]
-    cut = sum(len(x) >= max_length for x in full) / max(1, len(full))
+    cut = sum(len(x) > max_length for x in full) / max(1, len(full))
     return batches.Dataset(ids=ids, labels=None), cut
 
 
