@@ -27,7 +27,7 @@ _CHOICES = {
     "contrastive.schedule": ("constant", "linear", "cosine", "uncertainty"),
     "contrastive.temperature_schedule": ("constant", "cosine", "learnable"),
     "data.sampler": ("random", "balanced"),
-    "data.long_text": ("truncate", "head_tail", "windows"),
+    "data.long_text": ("auto", "truncate", "head_tail", "windows"),
     "train.best_mode": ("max", "min"),
 }
 _POSITIVE = (

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from jaxcls.data.long_text import average_by_row, default_head, head_tail, window_starts, windows
+from jaxcls.data.long_text import (
+    auto_mode,
+    average_by_row,
+    default_head,
+    head_tail,
+    share_longer,
+    window_starts,
+    windows,
+)
 
 LENGTHS = [0, 1, 7, 8, 9, 16, 17, 23, 64, 101]
 
@@ -113,3 +121,10 @@ def test_window_outputs_average_to_rows_for_both_problems(multi_label):
     # The NLL of the averaged logits, as the eval step computes it per sequence.
     expected = np.asarray(nll(multi_label, logits.astype(np.float32), row_labels))
     np.testing.assert_allclose(out["nll"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_reads_in_windows_only_when_most_texts_are_longer_than_max_length():
+    assert share_longer([3, 8, 9, 20], 8) == 0.5 and share_longer([], 8) == 0.0
+    assert auto_mode([3, 8, 9, 20], 8) == "truncate"  # half: not most
+    assert auto_mode([3, 9, 9, 20], 8) == "windows"
+    assert auto_mode([8] * 10, 8) == "truncate"  # exactly max_length fits

@@ -72,6 +72,11 @@ def test_head_tail_and_windows_tokenization(tokenizer_dir, tmp_path):
     n = len(full[0])
     starts = [*range(0, n - 8, 3), n - 8]
     assert first == [full[0][s : s + 8] for s in starts]
+    # auto, outside a training run: the texts given decide (one of three long: truncate).
+    auto, rows = tokenize_rows(texts, tok, 8, long_text="auto", stride=3)
+    assert rows is None and [x.tolist() for x in auto] == [x.tolist() for x in cut]
+    auto, rows = tokenize_rows(texts[:1], tok, 8, long_text="auto", stride=3)
+    assert [x.tolist() for x in auto] == first and rows.tolist() == [0] * len(first)
 
     rows = [{"text": "ok", "label": "neg"}, {"text": texts[0], "label": "pos"}]
     table = tables.read_table(str(write_table(tmp_path / "t.csv", rows)), "", "")
@@ -224,3 +229,39 @@ def test_long_text_keys_are_validated(override, key):
     cfg = load_config(ROOT / "configs/tiny.py", [override])  # data.max_length=32
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         validate_config(cfg)
+
+
+def test_auto_reads_documents_in_windows_and_counts_windows_in_the_plan(tmp_path):
+    """data.long_text=auto (the default) picks windows where most training texts are long,
+    records it, and the "auto" plan (train.epochs, train.eval_every) is then sized by the
+    training windows, the sequences the run actually steps through."""
+    from jaxcls.config import load_config
+    from jaxcls.train import plan
+    from jaxcls.train.trainer import Trainer
+
+    train = write_table(tmp_path / "train.xlsx", long_rows(12, 0))
+    val = write_table(tmp_path / "val.xlsx", long_rows(4, 1))
+    overrides = [f"data.train={train}", f"data.val={val}", "data.max_length=12"]
+    overrides += ["data.long_text=auto", "data.window_stride=8", "train.loggers=jsonl"]
+    # The plan left to "auto" (tiny.py fixes it); one validation an epoch.
+    overrides += ["train.max_steps=0", "train.eval_every=0", "train.batch_size=4"]
+    overrides += ["train.evals_per_epoch=1", "optim.lr=0"]
+    cfg = load_config(ROOT / "configs/tiny.py", overrides)
+    trainer = Trainer(cfg, tmp_path / "run")
+    tok = load_tokenizer(tmp_path / "run" / "base")
+    lengths = [len(x) for x in tokenize([r["text"] for r in long_rows(12, 0)], tok, 10**6)]
+    assert len(lengths) == 24 and sum(n > 12 for n in lengths) > 12  # most are long
+    assert trainer.cfg.data.long_text == "windows"
+    n_windows, n_rows = len(trainer.train_set), trainer.train_set.n_rows
+    assert n_rows == 24 and n_windows > 1.5 * n_rows
+    windows_cfg = plan.resolve_long_text(cfg, lengths)[0]
+    by_windows, by_rows = plan.resolve(windows_cfg, n_windows)[0], plan.resolve(cfg, n_rows)[0]
+    assert by_windows.train.eval_every != by_rows.train.eval_every
+    for key in ("epochs", "eval_every"):
+        assert trainer.cfg.train[key] == by_windows.train[key]
+    assert trainer.n_steps == by_windows.train.epochs * trainer.batches.steps_per_epoch
+    # The run model (which restores the best checkpoint after training) has the same plan.
+    assert trainer.run.cfg.to_dict() == trainer.cfg.to_dict() == by_windows.to_dict()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["eval_every"] == by_windows.train.eval_every
+    assert saved["data"]["long_text"] == "windows"  # eval.py, predict.py and the API read it

@@ -57,7 +57,7 @@ class Dataset:
 
     @property
     def n_rows(self) -> int:
-        """Rows (texts) of the table; more than ``len(self)`` when texts were split."""
+        """Rows (texts) of the table; fewer than ``len(self)`` when texts were split."""
         return len(self) if self.row_index is None else int(self.row_index.max(initial=-1)) + 1
 
     @property

@@ -1,9 +1,11 @@
 """Texts longer than ``data.max_length`` tokens: head+tail truncation, or overlapping windows.
 
 ``data.long_text`` picks one: ``truncate`` (keep the first max_length tokens, the tokenizer's
-default), ``head_tail`` (keep the first and last tokens, ``head_tail``), or ``windows`` (split each
-text into overlapping windows of at most max_length tokens, ``windows``; a window carries its row's
-label in training, and a row's prediction averages its windows' logits, ``average_by_row``).
+default), ``head_tail`` (keep the first and last tokens, ``head_tail``), ``windows`` (split each
+text into overlapping windows of at most max_length tokens, ``windows``; a window carries its
+row's label in training, and a row's prediction averages its windows' logits,
+``average_by_row``), or ``auto`` (windows for documents, where more than half of the training
+texts are longer than max_length, else truncate: ``auto_mode``).
 Everything here works on plain lists of token ids and NumPy arrays; nothing depends on a tokenizer.
 """
 
@@ -15,6 +17,22 @@ import numpy as np
 def _check_max_length(max_length: int) -> None:
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+
+
+# "auto" reads texts in windows when more than this share of them are longer than max_length.
+DOCUMENT_SHARE = 0.5
+
+
+def share_longer(lengths: Sequence[int], max_length: int) -> float:
+    """The share of texts (given by their token counts) longer than ``max_length`` tokens."""
+    return sum(n > max_length for n in lengths) / max(1, len(lengths))
+
+
+def auto_mode(lengths: Sequence[int], max_length: int) -> str:
+    """``data.long_text="auto"`` for texts of these token counts: ``windows`` when more than
+    half are longer than ``max_length`` (documents: all of each is read), else ``truncate``
+    (on the quality suite, windows gained nothing where most texts fit)."""
+    return "windows" if share_longer(lengths, max_length) > DOCUMENT_SHARE else "truncate"
 
 
 def default_head(max_length: int) -> int:

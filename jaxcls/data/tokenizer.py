@@ -60,7 +60,7 @@ def tokenize(
     return [np.asarray(x, dtype=np.int32) for x in ids]
 
 
-LONG_TEXT = ("truncate", "head_tail", "windows")
+LONG_TEXT = ("auto", "truncate", "head_tail", "windows")
 
 
 def tokenize_rows(
@@ -71,13 +71,21 @@ def tokenize_rows(
 
     ``truncate``: ``tokenize``; ``head_tail``: the first max_length // 4 and the last tokens of
     a long text; ``windows``: overlapping windows of max_length tokens, consecutive starts
-    ``stride`` apart (0 = max_length // 2), with ``row_index`` [W] naming each window's text.
+    ``stride`` apart (0 = max_length // 2), with ``row_index`` [W] naming each window's text;
+    ``auto``: ``long_text.auto_mode`` of these texts (a training run resolves it once, from its
+    training texts, so that every split is read alike).
     """
-    if long_text == "truncate":
-        return tokenize(texts, tokenizer, max_length, template, source), None
     if long_text not in LONG_TEXT:
         raise UserError(f"data.long_text must be one of {', '.join(LONG_TEXT)}, got {long_text!r}")
-    full = tokenize(texts, tokenizer, 2**62, template, source)  # nothing is cut
+    full = None
+    if long_text == "auto":
+        full = tokenize(texts, tokenizer, 2**62, template, source)  # nothing is cut
+        long_text = long_text_lib.auto_mode([len(x) for x in full], max_length)
+        log.info("%s: data.long_text=auto reads these texts as %s", source, long_text)
+    if long_text == "truncate":
+        return tokenize(texts, tokenizer, max_length, template, source), None
+    if full is None:
+        full = tokenize(texts, tokenizer, 2**62, template, source)  # nothing is cut
     n_long = sum(len(x) > max_length for x in full)
     if long_text == "head_tail":
         ids = [long_text_lib.head_tail(x, max_length) for x in full]

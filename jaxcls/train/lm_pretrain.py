@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxcls.data import batches, tokenizer
+from jaxcls.data import batches, long_text, tokenizer
 from jaxcls.model.qwen3 import Qwen3Config, Qwen3Model
 
 log = logging.getLogger("jaxcls")
@@ -57,13 +57,14 @@ class PretrainSettings:
 
 
 def lm_dataset(texts: Sequence[str], tok: Any, max_length: int) -> tuple[batches.Dataset, float]:
-    """Each text's tokens followed by end-of-text, at most ``max_length`` tokens in all; and
-    the share of texts longer than ``max_length`` tokens (those classification truncates)."""
+    """Each text's tokens followed by end-of-text, at most ``max_length`` tokens in all (what
+    truncating classification reads of it); and the share of texts longer than ``max_length``
+    tokens."""
     end = tok.eos_token_id if tok.eos_token_id is not None else tokenizer.pad_id(tok)
     full = tokenizer.tokenize(texts, tok, 2**62)
     ids = [np.append(x[: max_length - 1], end).astype(np.int32) for x in full]
-    cut = sum(len(x) > max_length for x in full) / max(1, len(full))
-    return batches.Dataset(ids=ids, labels=None), cut
+    share = long_text.share_longer([len(x) for x in full], max_length)
+    return batches.Dataset(ids=ids, labels=None), share
 
 
 def pretrain_plan(data: batches.Dataset, settings: PretrainSettings) -> list[np.ndarray]:
@@ -107,12 +108,12 @@ def pretrain(
     random-init bases take this path."""
     if not config.tie_word_embeddings:
         raise ValueError("next-token pretraining uses the tied embedding as its output layer")
-    data, cut = lm_dataset(texts, tok, settings.max_length)
-    if settings.skip_truncated and cut > 0.5:
+    data, share = lm_dataset(texts, tok, settings.max_length)
+    if settings.skip_truncated and share > long_text.DOCUMENT_SHARE:
         log.info(
             "pretraining skipped: %.0f%% of the training texts are longer than data.max_length=%d "
-            "tokens, where the quality suite measured no gain from it (set "
-            "pretrain.skip_truncated=false to pretrain anyway)", 100 * cut, settings.max_length,
+            "tokens (documents), where on the quality suite it gained little or cost accuracy (set "
+            "pretrain.skip_truncated=false to pretrain anyway)", 100 * share, settings.max_length,
         )  # fmt: skip
         return params, 0
     plan = pretrain_plan(data, settings)

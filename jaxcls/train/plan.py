@@ -3,7 +3,8 @@
 A config may leave these at 0 ("auto"): ``optim.lr``, ``train.epochs`` (with
 ``train.max_steps`` 0), ``train.eval_every`` and ``optim.warmup_steps``. ``resolve`` fills them
 from the recipe of the model kind (a random-init base trained whole, or LoRA on a pretrained
-``model.path``) and the number of training rows, and says what it chose; the resolved config
+``model.path``) and the number of training sequences (the rows, or with
+``data.long_text="windows"`` their windows), and says what it chose; the resolved config
 is what the run uses and what its config.json records, so a resumed run plans the same.
 """
 
@@ -11,8 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import ml_collections
+
+from jaxcls.data import long_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +63,7 @@ def resolve(
                      recipe.max_epochs)  # fmt: skip
         out.train.epochs = epochs
         notes.append(
-            f"train.epochs={epochs} ({n_train} rows = {per_epoch} updates per epoch; "
+            f"train.epochs={epochs} ({n_train} training sequences = {per_epoch} updates per epoch; "
             f"{recipe.name} recipe: about {recipe.target_updates} updates, "
             f"{recipe.min_epochs}-{recipe.max_epochs} epochs)"
         )
@@ -74,6 +78,25 @@ def resolve(
         notes.append(f"optim.warmup_steps={out.optim.warmup_steps} ({ratio:g} of {total} steps)")
     out.lock()
     return out, notes
+
+
+def resolve_long_text(
+    cfg: ml_collections.ConfigDict, lengths: Sequence[int]
+) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """``cfg`` with ``data.long_text="auto"`` replaced by ``long_text.auto_mode`` of the
+    training texts' token counts ``lengths``, and a line saying what it chose (else as is)."""
+    if cfg.data.long_text != "auto":
+        return cfg, []
+    out = ml_collections.ConfigDict(cfg.to_dict())
+    out.data.long_text = long_text.auto_mode(lengths, cfg.data.max_length)
+    share = long_text.share_longer(lengths, cfg.data.max_length)
+    note = (
+        f"data.long_text={out.data.long_text} ({share:.0%} of the training texts are longer than "
+        f"data.max_length={cfg.data.max_length} tokens; windows when over "
+        f"{long_text.DOCUMENT_SHARE:.0%})"
+    )
+    out.lock()
+    return out, [note]
 
 
 def warmup_warning(cfg: ml_collections.ConfigDict, total_steps: int) -> str | None:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from jaxcls import config as config_lib
 from jaxcls import runtime
-from jaxcls.data import batches, label_sets, splits, tables
+from jaxcls.data import batches, label_sets, splits, tables, tokenizer
 from jaxcls.errors import UserError
 from jaxcls.eval import scoring
 from jaxcls.files import write_text_atomic
@@ -53,6 +53,13 @@ def total_steps(cfg: Any, micro_per_epoch: int) -> int:
     if cfg.train.max_steps > 0:
         return int(cfg.train.max_steps)
     return int(cfg.train.epochs) * -(-micro_per_epoch // int(cfg.optim.accumulate))
+
+
+def count_texts(dataset: batches.Dataset) -> str:
+    """ "1700" texts, or "1700 (15418 windows)" when long texts were split into windows."""
+    if dataset.row_index is None or len(dataset) == dataset.n_rows:
+        return str(len(dataset))
+    return f"{dataset.n_rows} ({len(dataset)} windows)"
 
 
 def read_inputs(cfg: Any) -> tuple[tables.Table, tables.Table, list[str]]:
@@ -127,24 +134,36 @@ class Trainer:
         # Input, checked against the run dir before any slow work.
         inputs = inputs or splits.read_inputs(cfg.data, cfg.seed)
         train_table, val_table, self.label_names = inputs.train, inputs.val, inputs.label_names
-        # The "auto" keys resolved from the data's size; the run and its config.json use these.
-        cfg, choices = plan.resolve(cfg, len(train_table.texts))
-        self.cfg = cfg
-        log.info("recipe: %s", plan.recipe_of(cfg).name)
-        for choice in choices:
-            log.info("auto: %s", choice)
         self.workdir.mkdir(parents=True, exist_ok=True)
         check_run_dir(cfg, self.workdir, self.label_names)
-        # The loggers of train.loggers (a missing wandb fails here); nothing is written yet.
+        # The loggers of train.loggers (a missing wandb fails here); nothing is written yet, and
+        # wandb reads the run's config (filled in below, once resolved) at the first write.
+        run_config: dict = {}
         self.metrics_log = loggers.Loggers(
-            self.workdir, cfg.train.loggers, cfg.to_dict(), enabled=self.main
+            self.workdir, cfg.train.loggers, run_config, enabled=self.main
         )
 
         # Model and optimizer.
         self.run = run_model.build(
             cfg, self.workdir, self.label_names, write_base=self.main, train_texts=train_table.texts
         )
+        # The "auto" keys, resolved from the training texts' token counts (data.long_text), then
+        # from the number of training sequences (rows, or their windows); the run and its
+        # config.json use these, and the run model (which reads every split and restores the
+        # best checkpoint) has them too.
+        lengths = [len(x) for x in tokenizer.tokenize(
+            train_table.texts, self.run.tokenizer, 2**62, cfg.data.template
+        )]  # fmt: skip
+        cfg, choices = plan.resolve_long_text(cfg, lengths)
+        self.run.cfg = cfg
         self.train_set, self.val_set = self.run.dataset(train_table), self.run.dataset(val_table)
+        cfg, more = plan.resolve(cfg, len(self.train_set))
+        self.cfg = self.run.cfg = cfg
+        choices += more
+        run_config.update(cfg.to_dict())
+        log.info("recipe: %s", plan.recipe_of(cfg).name)
+        for choice in choices:
+            log.info("auto: %s", choice)
         self.batches = batches.TrainBatches(
             self.train_set, cfg.train.batch_size, cfg.seed, cfg.data.sampler, self.run.pad_id,
             cfg.data.max_length, cfg.data.min_bucket_batches, cfg.data.token_dropout,
@@ -158,9 +177,9 @@ class Trainer:
             log.info("random-init base: the base weights train too (model.train_base)")
         log.info(lora.summary(self.run.trainable, self.run.frozen))
         log.info(
-            "%d training / %d validation texts, %d classes, %d steps on %d device(s)",
-            len(self.train_set), len(self.val_set), len(self.label_names), self.n_steps,
-            self.mesh.devices.size,
+            "%s training / %s validation texts, %d classes, %d steps on %d device(s)",
+            count_texts(self.train_set), count_texts(self.val_set), len(self.label_names),
+            self.n_steps, self.mesh.devices.size,
         )  # fmt: skip
 
         # Sharding: the frozen base and the state are placed by sharding.FSDP_RULES (replicated
