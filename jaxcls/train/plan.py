@@ -1,11 +1,13 @@
-"""How long a run trains, how often it validates and how it warms up, from the data's size.
+"""How long a run trains, how often it validates and how it warms up, and how it reads long
+texts, from the data.
 
 A config may leave these at 0 ("auto"): ``optim.lr``, ``train.epochs`` (with
 ``train.max_steps`` 0), ``train.eval_every`` and ``optim.warmup_steps``. ``resolve`` fills them
 from the recipe of the model kind (a random-init base trained whole, or LoRA on a pretrained
-``model.path``) and the number of training sequences (the rows, or with
-``data.long_text="windows"`` their windows), and says what it chose; the resolved config
-is what the run uses and what its config.json records, so a resumed run plans the same.
+``model.path``) and the number of training sequences (the rows, or their windows when texts are
+read in windows), and says what it chose. ``data.long_text="auto"`` is filled in first, by
+``resolve_long_text``, from the training texts' token counts. The resolved config is what the
+run uses and what its config.json records, so a resumed run plans the same.
 """
 
 from __future__ import annotations
@@ -83,10 +85,8 @@ def resolve(
 def resolve_long_text(
     cfg: ml_collections.ConfigDict, lengths: Sequence[int]
 ) -> tuple[ml_collections.ConfigDict, list[str]]:
-    """``cfg`` with ``data.long_text="auto"`` replaced by ``long_text.auto_mode`` of the
-    training texts' token counts ``lengths``, and a line saying what it chose (else as is)."""
-    if cfg.data.long_text != "auto":
-        return cfg, []
+    """``cfg`` (its ``data.long_text`` "auto") with ``long_text.auto_mode`` of the training
+    texts' token counts ``lengths`` in its place, and a line saying what it chose."""
     out = ml_collections.ConfigDict(cfg.to_dict())
     out.data.long_text = long_text.auto_mode(lengths, cfg.data.max_length)
     share = long_text.share_longer(lengths, cfg.data.max_length)

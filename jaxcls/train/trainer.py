@@ -56,7 +56,8 @@ def total_steps(cfg: Any, micro_per_epoch: int) -> int:
 
 
 def count_texts(dataset: batches.Dataset) -> str:
-    """ "1700" texts, or "1700 (15418 windows)" when long texts were split into windows."""
+    """The number of texts, and of their windows when long texts were split ("1700 (15418
+    windows)")."""
     if dataset.row_index is None or len(dataset) == dataset.n_rows:
         return str(len(dataset))
     return f"{dataset.n_rows} ({len(dataset)} windows)"
@@ -151,11 +152,13 @@ class Trainer:
         # from the number of training sequences (rows, or their windows); the run and its
         # config.json use these, and the run model (which reads every split and restores the
         # best checkpoint) has them too.
-        lengths = [len(x) for x in tokenizer.tokenize(
-            train_table.texts, self.run.tokenizer, 2**62, cfg.data.template
-        )]  # fmt: skip
-        cfg, choices = plan.resolve_long_text(cfg, lengths)
-        self.run.cfg = cfg
+        choices = []
+        if cfg.data.long_text == "auto":
+            lengths = [len(x) for x in tokenizer.tokenize(
+                train_table.texts, self.run.tokenizer, 2**62, cfg.data.template
+            )]  # fmt: skip
+            cfg, choices = plan.resolve_long_text(cfg, lengths)
+            self.run.cfg = cfg
         self.train_set, self.val_set = self.run.dataset(train_table), self.run.dataset(val_table)
         cfg, more = plan.resolve(cfg, len(self.train_set))
         self.cfg = self.run.cfg = cfg
