@@ -25,3 +25,9 @@ def test_validation_time_is_left_out_but_no_step_is():
     # tqdm's unpause() after every step kept only the printed steps' time (elapsed near 0);
     # not leaving the validation out would add its 0.5 s.
     assert abs(elapsed - stepping) < 0.1, (elapsed, stepping)
+
+
+def test_a_disabled_bar_is_left_alone():
+    bar = tqdm(total=2, disable=True)  # what processes other than 0 of a multi-host run get
+    trainer.leave_out_of_bar(bar, 1.0)
+    bar.close()

@@ -62,6 +62,8 @@ def leave_out_of_bar(bar: tqdm, seconds: float) -> None:
     the steps it did not print (it prints at most every 0.1 s): with fast steps its rate was
     too high by up to 60 times.
     """
+    if bar.disable:  # processes other than 0: a disabled bar keeps no clock
+        return
     bar.start_t += seconds
     bar.last_print_t += seconds
 
