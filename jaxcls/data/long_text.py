@@ -28,11 +28,17 @@ def share_longer(lengths: Sequence[int], max_length: int) -> float:
     return sum(n > max_length for n in lengths) / max(1, len(lengths))
 
 
+def is_documents(share_long: float) -> bool:
+    """Whether texts of which ``share_long`` are longer than max_length are documents: read in
+    windows by ``auto_mode``, and not pretrained on (``pretrain.skip_truncated``)."""
+    return share_long > DOCUMENT_SHARE
+
+
 def auto_mode(lengths: Sequence[int], max_length: int) -> str:
     """``data.long_text="auto"`` for texts of these token counts: ``windows`` when more than
     half are longer than ``max_length`` (documents: all of each is read), else ``truncate``
     (on the quality suite, windows gained nothing where most texts fit)."""
-    return "windows" if share_longer(lengths, max_length) > DOCUMENT_SHARE else "truncate"
+    return "windows" if is_documents(share_longer(lengths, max_length)) else "truncate"
 
 
 def default_head(max_length: int) -> int:

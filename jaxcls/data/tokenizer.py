@@ -77,15 +77,13 @@ def tokenize_rows(
     """
     if long_text not in LONG_TEXT:
         raise UserError(f"data.long_text must be one of {', '.join(LONG_TEXT)}, got {long_text!r}")
-    full = None
+    # Every mode but truncate starts from the whole texts: nothing is cut.
+    full = None if long_text == "truncate" else tokenize(texts, tokenizer, 2**62, template, source)
     if long_text == "auto":
-        full = tokenize(texts, tokenizer, 2**62, template, source)  # nothing is cut
         long_text = long_text_lib.auto_mode([len(x) for x in full], max_length)
         log.info("%s: data.long_text=auto reads these texts as %s", source, long_text)
     if long_text == "truncate":
         return tokenize(texts, tokenizer, max_length, template, source), None
-    if full is None:
-        full = tokenize(texts, tokenizer, 2**62, template, source)  # nothing is cut
     n_long = sum(len(x) > max_length for x in full)
     if long_text == "head_tail":
         ids = [long_text_lib.head_tail(x, max_length) for x in full]

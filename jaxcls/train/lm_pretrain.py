@@ -109,7 +109,7 @@ def pretrain(
     if not config.tie_word_embeddings:
         raise ValueError("next-token pretraining uses the tied embedding as its output layer")
     data, share = lm_dataset(texts, tok, settings.max_length)
-    if settings.skip_truncated and share > long_text.DOCUMENT_SHARE:
+    if settings.skip_truncated and long_text.is_documents(share):
         log.info(
             "pretraining skipped: %.0f%% of the training texts are longer than data.max_length=%d "
             "tokens (documents), where on the quality suite it gained little or cost accuracy (set "
