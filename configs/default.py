@@ -42,8 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
     # model.vocab_size tokens learned from the training texts (saved with the run's base);
     # "qwen" = Qwen3's 151,936-token vocabulary. A pretrained model.path brings its own.
     config.model.tokenizer = "data"
-    # Random-init only, model.tokenizer="data": the learned vocabulary's size (at most).
-    config.model.vocab_size = 4000
+    # Random-init only, model.tokenizer="data": the learned vocabulary's size (at most); 0 = from
+    # the data: every merge seen at least 50 times in the training texts, 4,000 to 32,000 tokens
+    # (short-text sets get 4,000; large sets of documents more).
+    config.model.vocab_size = 0
     # Random-init only (model.path empty): hidden size.
     config.model.hidden_size = 128
     # Random-init only: number of transformer blocks.
@@ -227,6 +229,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.grad_clip = 1.0
     # Gradient accumulation: micro-batches of train.batch_size per optimizer update.
     config.optim.accumulate = 1
+    # Validate, keep and export an exponential moving average of the trained weights with this
+    # decay per update instead of the last weights (0 = the last weights).
+    config.optim.ema = 0.99
 
     # Training loop, evaluation and checkpoints.
     config.train = ml_collections.ConfigDict()

@@ -46,7 +46,13 @@ _NON_NEGATIVE = (
     "train.eval_every train.save_every train.patience distributed.num_processes "
     "eval.max_tsne_points data.window_stride pretrain.epochs pretrain.max_tokens"
 ).split()
-_BELOW_ONE = ("lora.dropout", "loss.label_smoothing", "optim.warmup_ratio", "data.token_dropout")
+_BELOW_ONE = (
+    "lora.dropout",
+    "loss.label_smoothing",
+    "optim.warmup_ratio",
+    "data.token_dropout",
+    "optim.ema",
+)
 # What a multi-label validation logs (the rest of VALIDATION_METRICS are single-label's).
 MULTI_LABEL_METRICS = ("loss", "macro_f1", "micro_f1", "subset_accuracy")
 # What a validation logs (jaxcls.eval.scoring computes them); train.best_metric names one.
@@ -152,7 +158,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         _check(cfg, key, lambda v: v >= 0, "must be >= 0")
     for key in _BELOW_ONE:
         _check(cfg, key, lambda v: 0 <= v < 1, "must be in [0, 1)")
-    _check(cfg, "model.vocab_size", lambda v: v >= 512, "must be >= 512 (256 bytes + merges)")
+    _check(
+        cfg, "model.vocab_size", lambda v: v == 0 or v >= 512,
+        "must be 0 (from the data) or >= 512 (256 bytes + merges)",
+    )  # fmt: skip
     # A pretrained model's depth is known only once loaded; the session checks it then.
     layers = cfg.model.num_layers
     if not cfg.model.path and not -(layers + 1) <= cfg.model.feature_layer <= layers:
@@ -366,17 +375,22 @@ def config_to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False) + "\n"
 
 
+# Keys whose default is not what a run made before the key existed did: such a run reads these.
+BEFORE_THE_KEY = {"optim": {"ema": 0.0}}  # no weight average was kept
+
+
 def config_from_json(
     text: str, defaults: ml_collections.ConfigDict | None = None
 ) -> ml_collections.ConfigDict:
     """The inverse of config_to_json; the result is locked.
 
     ``defaults``: a config whose keys missing from ``text`` are filled in (a run's
-    config.json written before those keys existed reads as if it had their defaults).
+    config.json written before those keys existed reads as if it had their defaults, or the
+    ``BEFORE_THE_KEY`` value where the default changed what a run does).
     """
     saved = json.loads(text)
     if defaults is not None:
-        saved = _with_missing(saved, defaults.to_dict())
+        saved = _with_missing(saved, _with_missing(BEFORE_THE_KEY, defaults.to_dict()))
     cfg = ml_collections.ConfigDict(saved)
     cfg.lock()
     return cfg

@@ -255,9 +255,12 @@ def test_a_run_config_without_newer_keys_reads_them_as_defaults(tmp_path):
     cfg = load_config("configs/tiny.py")
     saved = json.loads(config_to_json(cfg))
     del saved["contrastive"]["cached"], saved["model"]["quantize"], saved["eval"]
+    del saved["optim"]["ema"]
     saved["data"]["max_length"] = 17
     (tmp_path / "config.json").write_text(json.dumps(saved))
     read = run_dir.read_config(tmp_path)
     assert read.contrastive.cached == load_config("configs/default.py").contrastive.cached
     assert read.model.quantize == "none" and read.eval.calibrate is True
     assert read.data.max_length == 17
+    # Such a run kept no weight average, whatever today's default: its checkpoints say so.
+    assert load_config("configs/default.py").optim.ema > 0 and read.optim.ema == 0.0

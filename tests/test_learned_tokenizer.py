@@ -45,6 +45,49 @@ def test_learning_is_deterministic():
     assert a == b
 
 
+def _corpus(frequent: int, rare: int, seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+    """Texts of ``frequent`` made-up words seen 10 times more than ``AUTO_MIN_COUNT`` each, and
+    ``rare`` seen 3 times each."""
+    import random
+
+    rng = random.Random(seed)
+    letters = "bcdfghjklmnpqrstvwxz"
+    words = list({"".join(rng.choices(letters, k=7)) for _ in range(frequent + rare)})
+    common, uncommon = words[:frequent], words[frequent:]
+    tokens = common * (learned_tokenizer.AUTO_MIN_COUNT + 10) + uncommon * 3
+    rng.shuffle(tokens)
+    return [" ".join(tokens[i : i + 12]) for i in range(0, len(tokens), 12)], common, uncommon
+
+
+def test_vocabulary_size_from_the_data_keeps_the_words_seen_often_enough():
+    texts, common, uncommon = _corpus(frequent=5000, rare=2000)
+    tok = learned_tokenizer.learn_tokenizer(texts, 0)
+    assert learned_tokenizer.AUTO_MIN_SIZE < tok.get_vocab_size() <= learned_tokenizer.AUTO_MAX_SIZE
+
+    # Seen AUTO_MIN_COUNT + 10 times: one token each; seen 3 times: pieces. (Nearly all:
+    # BPE merges greedily, so a few frequent words end up split where their pieces won.)
+    def whole(words: list[str], t) -> float:
+        return sum(len(t.encode(" " + w).ids) == 1 for w in words) / len(words)
+
+    assert whole(common, tok) > 0.95 and whole(uncommon, tok) < 0.05
+    # A cap of 4,000 tokens (what a fixed model.vocab_size=4000 gives) drops frequent words.
+    capped = learned_tokenizer.learn_tokenizer(texts, 4000)
+    assert capped.get_vocab_size() == 4000
+    assert whole(common, capped) < 0.9
+
+
+def test_vocabulary_size_from_the_data_has_a_floor_and_a_cap(monkeypatch):
+    # Few texts: too few merges are seen AUTO_MIN_COUNT times, so the floor's vocabulary (merges
+    # seen twice, at most AUTO_MIN_SIZE tokens) is the one a fixed size would learn.
+    assert (
+        learned_tokenizer.learn_tokenizer(TRAIN, 0).to_str()
+        == learned_tokenizer.learn_tokenizer(TRAIN, learned_tokenizer.AUTO_MIN_SIZE).to_str()
+    )
+    texts, _, _ = _corpus(frequent=5000, rare=0)
+    monkeypatch.setattr(learned_tokenizer, "AUTO_MAX_SIZE", 4500)
+    assert learned_tokenizer.learn_tokenizer(texts, 0).get_vocab_size() == 4500
+
+
 def test_a_too_small_vocabulary_is_refused_by_name():
     cfg = load_config(ROOT / "configs/tiny.py", ["model.vocab_size=300"])
     with pytest.raises(UserError, match="model.vocab_size"):

@@ -190,7 +190,9 @@ def int8_run(hf_bf16, tmp_path_factory):
         ROOT / "configs" / "tiny.py",
         [f"model.path={hf_bf16}", "model.quantize=int8", "model.param_dtype=bfloat16",
          f"data.train={data}", f"data.val={data}", "optim.lr=0.02", "train.max_steps=6",
-         "train.eval_every=6", "train.batch_size=48", "lora.dropout=0.0", "contrastive.loss=none"],
+         "train.eval_every=6", "train.batch_size=48", "lora.dropout=0.0", "contrastive.loss=none",
+         # The export tolerance below was measured on these last weights (0.018 of 0.02).
+         "optim.ema=0"],
     )  # fmt: skip
     trainer = Trainer(cfg, root / "run")
     trainer.fit()

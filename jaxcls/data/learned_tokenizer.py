@@ -24,10 +24,27 @@ log = logging.getLogger("jaxcls")
 
 PAD_TOKEN = "<|endoftext|>"  # id 0, as Qwen pads with <|endoftext|>
 EOS_TOKEN = "<|im_end|>"  # id 1
+# model.vocab_size=0: every merge seen at least AUTO_MIN_COUNT times in the training texts,
+# within [AUTO_MIN_SIZE, AUTO_MAX_SIZE] tokens. Short-text sets land on the floor; a large
+# corpus of documents gets the words it has enough examples of (benchmarks/NOTES.md).
+AUTO_MIN_COUNT = 50
+AUTO_MIN_SIZE = 4000
+AUTO_MAX_SIZE = 32000
 
 
 def learn_tokenizer(texts: Sequence[str], vocab_size: int) -> Tokenizer:
-    """A byte-level BPE of at most ``vocab_size`` tokens (merges seen at least twice)."""
+    """A byte-level BPE of at most ``vocab_size`` tokens (merges seen at least twice); 0: of
+    the size the texts support (``AUTO_MIN_COUNT`` examples a merge, ``AUTO_MIN_SIZE`` to
+    ``AUTO_MAX_SIZE`` tokens)."""
+    if vocab_size:
+        return _learn(texts, vocab_size, min_count=2)
+    tok = _learn(texts, AUTO_MAX_SIZE, min_count=AUTO_MIN_COUNT)
+    if tok.get_vocab_size() < AUTO_MIN_SIZE:
+        tok = _learn(texts, AUTO_MIN_SIZE, min_count=2)
+    return tok
+
+
+def _learn(texts: Sequence[str], vocab_size: int, min_count: int) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -37,7 +54,7 @@ def learn_tokenizer(texts: Sequence[str], vocab_size: int) -> Tokenizer:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        min_frequency=2,
+        min_frequency=min_count,
         special_tokens=[PAD_TOKEN, EOS_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -70,5 +87,9 @@ def write_learned_tokenizer(texts: Sequence[str], vocab_size: int, out_dir: Path
     tok = learn_tokenizer(texts, vocab_size)
     save_tokenizer(tok, out_dir)
     size = tok.get_vocab_size()
-    log.info("learned a %d-token byte-level BPE from %d training texts", size, len(texts))
+    how = "" if vocab_size else (
+        f" (model.vocab_size=0: the merges seen at least {AUTO_MIN_COUNT} times, "
+        f"{AUTO_MIN_SIZE} to {AUTO_MAX_SIZE} tokens)"
+    )  # fmt: skip
+    log.info("learned a %d-token byte-level BPE from %d training texts%s", size, len(texts), how)
     return size

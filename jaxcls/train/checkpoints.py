@@ -40,7 +40,7 @@ MODEL_KEYS = (
     "model.path model.param_dtype model.pooling model.feature_layer model.projection_dim "
     "model.problem "
     "lora.rank lora.alpha lora.targets lora.rslora contrastive.schedule "
-    "contrastive.temperature_schedule"
+    "contrastive.temperature_schedule optim.ema"
 ).split()
 # ... and, when the base is random-init (model.path empty), the keys that shape it.
 RANDOM_INIT_KEYS = (

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcls.formats import run_dir
-from jaxcls.train import checkpoints, run_model, steps
+from jaxcls.train import checkpoints, run_model, steps, weight_average
 from jaxcls.train.settings import OptimSettings
 
 log = logging.getLogger("jaxcls")
@@ -67,5 +67,5 @@ def restore_trainable(
     template = jax.eval_shape(lambda t: new_state(t, optimizer, 0), run.trainable)
     state, _ = ckpts.restore(step, template)
     ckpts.close()
-    run.trainable = state.trainable
+    run.trainable = weight_average.averaged(state.trainable, state.opt_state, run.cfg.optim.ema)
     return step

@@ -39,6 +39,7 @@ class OptimSettings:
     warmup_steps: int
     grad_clip: float  # 0 = no clipping
     accumulate: int  # micro-batches per update
+    ema: float  # decay of the weight average that validation and the checkpoints read; 0 = none
 
     def __post_init__(self) -> None:
         assert self.lr > 0 and self.accumulate >= 1, self

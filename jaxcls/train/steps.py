@@ -46,7 +46,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcls.model import layerstack, lora
 from jaxcls.model.classifier import Qwen3Classifier
-from jaxcls.train import cached_contrastive, objectives, schedules, sharding
+from jaxcls.train import cached_contrastive, objectives, schedules, sharding, weight_average
 from jaxcls.train.settings import ContrastiveSettings, OptimSettings, StepSettings
 
 Array = jax.Array
@@ -86,6 +86,8 @@ def make_optimizer(optim: OptimSettings, total_steps: int) -> optax.GradientTran
         parts.append(optax.clip_by_global_norm(optim.grad_clip))
     lr = schedules.learning_rate(optim, total_steps)
     parts.append(optax.adamw(lr, weight_decay=optim.weight_decay, mask=decay_mask))
+    if optim.ema > 0:
+        parts.append(weight_average.weight_average(optim.ema))  # last: averages the result
     return optax.chain(*parts)
 
 

@@ -37,6 +37,7 @@ from jaxcls.train import (
     schedules,
     sharding,
     steps,
+    weight_average,
 )
 from jaxcls.train.checkpoints import abstract, check_same_model, committed_steps
 from jaxcls.train.settings import OptimSettings, StepSettings
@@ -191,6 +192,9 @@ class Trainer:
         self.optimizer = steps.make_optimizer(optim, self.n_steps)
         if self.run.train_base:
             log.info("random-init base: the base weights train too (model.train_base)")
+        if optim.ema:
+            log.info("validation, the best checkpoint, evaluation and export use the weights' "
+                     "moving average (optim.ema=%g)", optim.ema)  # fmt: skip
         log.info(lora.summary(self.run.trainable, self.run.frozen))
         log.info(
             "%s training / %s validation texts, %d classes, %d steps on %d device(s)",
@@ -250,7 +254,10 @@ class Trainer:
 
     def evaluate(self, dataset: batches.Dataset) -> tuple[dict, dict]:
         """``scoring.evaluate`` of the current state on a labelled dataset."""
-        cfg, trainable, frozen, mesh = self.cfg, self.state.trainable, self.frozen, self.mesh
+        cfg, frozen, mesh = self.cfg, self.frozen, self.mesh
+        trainable = weight_average.averaged(
+            self.state.trainable, self.state.opt_state, cfg.optim.ema
+        )
         return scoring.evaluate(
             lambda batch: self.eval_step(trainable, frozen, sharding.put_batch(batch, mesh)),
             dataset, cfg.train.eval_batch_size, self.run.pad_id, cfg.data.max_length,

@@ -19,7 +19,7 @@ from jaxcls.errors import UserError
 from jaxcls.formats import hf_keys, run_dir
 from jaxcls.formats.peft_dir import SCORE, Adapter, check, read
 from jaxcls.model import lora
-from jaxcls.train import checkpoints
+from jaxcls.train import checkpoints, weight_average
 
 log = logging.getLogger("jaxcls")
 
@@ -89,7 +89,8 @@ def from_run(workdir: str | Path, model_path: str) -> Adapter:
                     workdir, cfg.model.path, model_path)  # fmt: skip
     ckpts = checkpoints.open_checkpoints(workdir, cfg)
     step = ckpts.resolve("best")
-    trainable = ckpts.restore_as_saved(step)["trainable"]
+    saved = ckpts.restore_as_saved(step)
+    trainable = weight_average.averaged(saved["trainable"], saved["opt_state"], cfg.optim.ema)
     ckpts.close()
     scale = lora.LoRAConfig.from_config(cfg.lora).scale
     flat = flax.traverse_util.flatten_dict(trainable["adapters"], sep="/")
