@@ -74,7 +74,7 @@ def runs(tmp_path_factory):
     return workdirs
 
 
-def test_a_run_restores_and_validates_the_average(runs):
+def test_a_run_restores_the_average(runs):
     from jaxcls.train.restore import load_run
 
     def weights(name: str) -> list[np.ndarray]:
@@ -105,6 +105,14 @@ def test_warm_start_from_a_run_reads_its_average(runs):
         np.testing.assert_allclose(b, adapters[f"{module}/lora_b"], rtol=1e-6)
     score = np.asarray(run.trainable["params"]["score"]["kernel"], np.float32)
     np.testing.assert_allclose(adapter.tensors["score/kernel"], score, rtol=1e-6)
+    # ... and not the last weights the checkpoint also holds.
+    from jaxcls.formats import run_dir
+    from jaxcls.train import checkpoints
+
+    ckpts = checkpoints.open_checkpoints(runs["ema"], run_dir.read_config(runs["ema"]))
+    last = ckpts.restore_as_saved(ckpts.resolve("best"))["trainable"]["params"]["score"]["kernel"]
+    ckpts.close()
+    assert not np.allclose(adapter.tensors["score/kernel"], np.asarray(last, np.float32))
 
 
 def test_validation_scores_the_average(runs):

@@ -38,15 +38,30 @@ def tokenize(
     texts: Sequence[str], tokenizer, max_length: int, template: str = "", source: str = "texts"
 ) -> list[np.ndarray]:
     """Token ids (int32) per text, the tokenizer's default special tokens, cut at max_length."""
+    _check_max_length(max_length)
+    texts, ids = _encode_whole(texts, tokenizer, template)
+    return _cut(texts, ids, tokenizer, max_length, source)
+
+
+def _check_max_length(max_length: int) -> None:
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise UserError(f"data.max_length must be a positive integer, got {max_length!r}")
+
+
+def _encode_whole(texts: Sequence[str], tokenizer, template: str) -> tuple[list[str], list]:
+    """(the texts in ``template``, each one's token ids with nothing cut)."""
     if template and "{text}" not in template:
         raise UserError(f"data.template {template!r} has no {{text}} placeholder; add one")
     if not texts:
-        return []
+        return [], []
     if template:  # str.replace, not format: other braces in a template are literal text
         texts = [template.replace("{text}", t) for t in texts]
-    ids = tokenizer(list(texts), truncation=False)["input_ids"]
+    return list(texts), tokenizer(list(texts), truncation=False)["input_ids"]
+
+
+def _cut(texts: list[str], ids: list, tokenizer, max_length: int, source: str) -> list[np.ndarray]:
+    """``ids`` (of ``texts``, whole) with the texts longer than ``max_length`` cut there."""
+    ids = list(ids)
     long = [i for i, x in enumerate(ids) if len(x) > max_length]
     if long:
         # Re-encode only the long ones, so the tokenizer places its special tokens itself.
@@ -77,13 +92,17 @@ def tokenize_rows(
     """
     if long_text not in LONG_TEXT:
         raise UserError(f"data.long_text must be one of {', '.join(LONG_TEXT)}, got {long_text!r}")
-    # Every mode but truncate starts from the whole texts: nothing is cut.
-    full = None if long_text == "truncate" else tokenize(texts, tokenizer, 2**62, template, source)
-    if long_text == "auto":
-        long_text = long_text_lib.auto_mode([len(x) for x in full], max_length)
-        log.info("%s: data.long_text=auto reads these texts as %s", source, long_text)
     if long_text == "truncate":
         return tokenize(texts, tokenizer, max_length, template, source), None
+    _check_max_length(max_length)
+    # Every other mode starts from the whole texts, each encoded once.
+    texts, whole = _encode_whole(texts, tokenizer, template)
+    if long_text == "auto":
+        long_text = long_text_lib.auto_mode([len(x) for x in whole], max_length)
+        log.info("%s: data.long_text=auto reads these texts as %s", source, long_text)
+        if long_text == "truncate":
+            return _cut(texts, whole, tokenizer, max_length, source), None
+    full = [np.asarray(x, dtype=np.int32) for x in whole]
     n_long = sum(len(x) > max_length for x in full)
     if long_text == "head_tail":
         ids = [long_text_lib.head_tail(x, max_length) for x in full]
