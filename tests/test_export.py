@@ -90,6 +90,8 @@ def test_peft_export_loads_in_peft(trained, padded_batch, torch_forward, tmp_pat
     finally:
         logger.removeHandler(records)
     assert "not exported (training only): projection, extra/log_temperature" in records.messages
+    # Loading the run restores its trained head: nothing is said about the base's own head.
+    assert not [m for m in records.messages if "score head" in m], records.messages
     config = json.loads((out / "adapter_config.json").read_text())
     assert (config["peft_type"], config["task_type"], config["r"], config["lora_alpha"]) == (
         "LORA", "SEQ_CLS", 4, 8.0,

@@ -147,8 +147,9 @@ def build(
     ``train_texts``: what a new random-init base learns its vocabulary from
     (``model.tokenizer="data"``); a run dir's saved base already has its tokenizer.
 
-    ``warm_start`` starts the adapters from ``lora.init_from``; a run restored from its own
-    checkpoint does not need (or re-read) that source. ``quantize=False`` keeps the base in
+    ``warm_start`` starts the adapters from ``lora.init_from`` and logs which score head the
+    run starts from; a run restored from its own checkpoint does not need (or re-read) that
+    source, and its heads are its own. ``quantize=False`` keeps the base in
     full precision whatever ``model.quantize`` says (export merges LoRA into those weights).
     """
     # Reading and stacking the base frees large blocks; unmapped at once, they don't
@@ -162,7 +163,9 @@ def build(
     head = HeadConfig.from_config(cfg.model, len(label_names))
     _check_feature_layer(head, loaded.config)
     model = Qwen3Classifier(loaded.config, head)
-    heads = init_heads(model, cfg.seed, loaded.params.get("score"), loaded.labels, label_names)
+    heads = init_heads(
+        model, cfg.seed, loaded.params.get("score"), loaded.labels, label_names, warm_start
+    )
     train_base = bool(cfg.model.train_base) and not cfg.model.path
     params = lora.combine(loaded.params, heads)
     if train_base:
@@ -213,9 +216,11 @@ def init_heads(
     score: PyTree | None,
     score_labels: list[str] | None,
     label_names: list[str],
+    announce: bool = True,
 ) -> dict[str, Any]:
     """Fresh ``score`` (+ ``projection``) params; a checkpoint's own ``score`` head is kept
-    when its labels are exactly ``label_names``."""
+    when its labels are exactly ``label_names``. ``announce`` logs which (not for a run
+    about to restore its own trained heads)."""
     ids = jnp.zeros((1, 1), jnp.int32)
 
     def heads_only(rng):  # jit drops the backbone's initialisation: only the heads are computed
@@ -225,7 +230,8 @@ def init_heads(
     heads = jax.tree_util.tree_map(np.asarray, jax.jit(heads_only)(jax.random.PRNGKey(seed + 2)))
     if score is not None and score_labels == list(label_names):
         heads["score"] = score
-        log.info("using the checkpoint's score head (labels %s)", score_labels)
-    elif score is not None:
+        if announce:
+            log.info("using the checkpoint's score head (labels %s)", score_labels)
+    elif score is not None and announce:
         log.info("the checkpoint's score head has labels %s; a new head is trained", score_labels)
     return heads
