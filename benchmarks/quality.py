@@ -16,7 +16,8 @@ steps from RUN/metrics.jsonl (the last logged step), its wall time includes comp
 validation and the evaluation. The TF-IDF baseline (character 1-3-grams within word boundaries
 plus word 1-2-grams, logistic regression, C picked on val macro-F1) is fitted on the same split,
 once: its result is cached beside the split (--refit_baseline refits).
-Writes <out>.md (tables) and <out>.json; the last stdout line is one JSON object with every result.
+Writes <out>.md (tables) and <out>.json, rewritten after every run (an interrupted suite keeps
+what it finished); the last stdout line is one JSON object with every result.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,22 +237,24 @@ def last_train_step(path: Path) -> int | None:
 # --- the suite ---
 
 
-def run_dataset(name: str, args: argparse.Namespace) -> tuple[dict, list[dict]]:
-    """Split (cached), baseline and every variant x seed on one dataset: (meta, records)."""
+def run_dataset(name: str, args: argparse.Namespace) -> Iterator[tuple[dict, dict]]:
+    """Split (cached), baseline and every variant x seed on one dataset: (meta, record) as each
+    finishes, the baseline first."""
     paths, meta = prepare(DATASETS[name])
     log(f"[{name}] {meta['rows']} rows, {meta['classes']} classes")
-    records = [{"dataset": name} | cached_baseline(paths, args.refit_baseline)]
-    log(f"[{name}] {BASELINE}: {brief(records[-1])}")
+    baseline = {"dataset": name} | cached_baseline(paths, args.refit_baseline)
+    log(f"[{name}] {BASELINE}: {brief(baseline)}")
+    yield meta, baseline
     if args.baseline_only:
-        return meta, records
+        return
     for variant, (config, extra) in args.variants.items():
         for seed in args.seeds:
             rundir = Path(args.workdir).resolve() / name / f"{variant}-seed{seed}"
             log(f"[{name}] {variant} seed {seed}: training, log in {rundir / 'train.log'}")
             result = run_jaxcls(paths, rundir, config, args.override + extra, seed)
-            records.append({"dataset": name, "method": variant} | result)
-            log(f"[{name}] {variant} seed {seed}: {brief(records[-1])}")
-    return meta, records
+            record = {"dataset": name, "method": variant} | result
+            log(f"[{name}] {variant} seed {seed}: {brief(record)}")
+            yield meta, record
 
 
 def brief(record: dict) -> str:
@@ -378,44 +382,54 @@ def merge_results(paths: list[str]) -> tuple[dict, list[dict], list[dict]]:
     return metas, records, sources
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    metas, records, sources = {}, [], []
-    if args.merge:
-        metas, records, sources = merge_results(args.merge)
-    for name in [] if args.merge else args.datasets:
-        try:
-            metas[name], found = run_dataset(name, args)
-        except MissingPackage as err:
-            log(f"[{name}] {err}")
-            return 2
-        records += found
+def run_settings(args: argparse.Namespace, sources: list[dict]) -> dict:
+    """The report's settings: the command, the machine and what ran (or what was merged)."""
     command = shlex.join(["python", "benchmarks/quality.py", *sys.argv[1:]])
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f} at the end, Python {platform.python_version()}"
-    )
-    settings = {
+    if sources:  # the merged runs' own commands, machines and settings
+        return {
+            "command": "; ".join([s["command"] for s in sources] + [command]),
+            "baseline_only": all(s["baseline_only"] for s in sources),
+            "machine": "; ".join(dict.fromkeys(s["machine"] for s in sources)),
+            "merged": sources,
+        }
+    return {
         "command": command,
         "baseline_only": args.baseline_only,
         "config": args.config,
         "overrides": args.override,
         "variants": args.variants,
         "seeds": args.seeds,
-        "machine": machine,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f} at the end, Python {platform.python_version()}",
     }
-    if sources:  # the merged runs' own commands, machines and settings
-        settings = {
-            "command": "; ".join([s["command"] for s in sources] + [command]),
-            "baseline_only": all(s["baseline_only"] for s in sources),
-            "machine": "; ".join(dict.fromkeys(s["machine"] for s in sources)),
-            "merged": sources,
-        }
-    out = Path(args.out)
+
+
+def write_report(out: Path, metas: dict, records: list[dict], settings: dict) -> dict:
+    """<out>.md and <out>.json of the results so far; the JSON object."""
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"settings": settings, "datasets": metas, "results": records}
     out.with_suffix(".json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     out.write_text(markdown(metas, records, settings))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    metas, records, sources = {}, [], []
+    if args.merge:
+        metas, records, sources = merge_results(args.merge)
+    # Rewritten after every run: an interrupted suite keeps what it finished.
+    for name in [] if args.merge else args.datasets:
+        try:
+            for meta, record in run_dataset(name, args):
+                metas[name] = meta
+                records.append(record)
+                write_report(out, metas, records, run_settings(args, sources))
+        except MissingPackage as err:
+            log(f"[{name}] {err}")
+            return 2
+    result = write_report(out, metas, records, run_settings(args, sources))
     log(f"wrote {out} and {out.with_suffix('.json')}")
     print(json.dumps(result, ensure_ascii=False))
     return 0
