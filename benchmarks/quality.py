@@ -302,7 +302,12 @@ def results_table(records: list[dict]) -> str:
         "| dataset | method | seeds | test accuracy | macro-F1 | steps | wall s |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    keys = dict.fromkeys((r["dataset"], r["method"]) for r in records)
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    # By dataset (merged reports list each file's runs in turn), then in the order they ran.
+    keys = sorted(
+        dict.fromkeys((r["dataset"], r["method"]) for r in records),
+        key=lambda key: datasets.index(key[0]),
+    )
     for dataset, method in keys:
         runs = [r for r in records if (r["dataset"], r["method"]) == (dataset, method)]
         ok = [r for r in runs if r["status"] == "ok"]

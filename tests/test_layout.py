@@ -178,7 +178,7 @@ def resolves(name: str) -> bool:
 
 
 def test_benchmarks_import_modules_that_exist():
-    """A module move leaves no benchmark importing the old path (most benchmarks have no tests of their own)."""
+    """A module move leaves no benchmark importing the old path (benchmarks are mostly untested)."""
     scripts = [p for p in sorted((ROOT / "benchmarks").iterdir()) if p.suffix in (".py", ".sh")]
     missing = [
         f"{path.name}: {name}"
