@@ -421,19 +421,19 @@ def write_report(out: Path, metas: dict, records: list[dict], settings: dict) ->
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    metas, records, sources = {}, [], []
     if args.merge:
         metas, records, sources = merge_results(args.merge)
-    # Rewritten after every run: an interrupted suite keeps what it finished.
-    for name in [] if args.merge else args.datasets:
-        try:
-            for meta, record in run_dataset(name, args):
-                metas[name] = meta
-                records.append(record)
-                write_report(out, metas, records, run_settings(args, sources))
-        except MissingPackage as err:
-            log(f"[{name}] {err}")
-            return 2
+    else:
+        metas, records, sources = {}, [], []
+        for name in args.datasets:
+            try:  # the report is rewritten after every run: an interrupted suite keeps it
+                for meta, record in run_dataset(name, args):
+                    metas[name] = meta
+                    records.append(record)
+                    write_report(out, metas, records, run_settings(args, sources))
+            except MissingPackage as err:
+                log(f"[{name}] {err}")
+                return 2
     result = write_report(out, metas, records, run_settings(args, sources))
     log(f"wrote {out} and {out.with_suffix('.json')}")
     print(json.dumps(result, ensure_ascii=False))

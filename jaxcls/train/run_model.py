@@ -216,7 +216,7 @@ def init_heads(
     score: PyTree | None,
     score_labels: list[str] | None,
     label_names: list[str],
-    announce: bool = True,
+    announce: bool,
 ) -> dict[str, Any]:
     """Fresh ``score`` (+ ``projection``) params; a checkpoint's own ``score`` head is kept
     when its labels are exactly ``label_names``. ``announce`` logs which (not for a run
