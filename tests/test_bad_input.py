@@ -76,7 +76,7 @@ def _cases(good: e2e.Reference, f: dict[str, Path], tmp: Path) -> dict:
     relabelled = tmp / "relabelled"
     shutil.copytree(run, relabelled)
     (relabelled / "labels.json").write_text(json.dumps(["neg", "pos", "mid"]))
-    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    two = {"XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=2"}
     cases = {
         "missing file": ("train.py", train_with(train=missing), {}, [str(missing), "no such file"]),
         "directory": ("train.py", train_with(train=f["dir"]), {}, [str(f["dir"]), "directory"]),
