@@ -139,7 +139,7 @@ def tfidf_baseline(args: argparse.Namespace, seed: int) -> dict:
 
     from jaxcls.config import load_config
     from jaxcls.data import splits, tables
-    from jaxcls.train.trainer import read_inputs
+    from jaxcls.train.run_files import read_inputs
 
     cfg = load_config(REPO / "configs/focal.py", overrides(args, seed, Path(args.workdir)))
     train, _, _ = read_inputs(cfg)  # the same subset the trainer uses
@@ -202,7 +202,8 @@ def describe(args: argparse.Namespace) -> str:
     """One sentence on the setting: model, data, subset, steps."""
     from jaxcls.config import load_config
     from jaxcls.data import splits
-    from jaxcls.train.trainer import read_inputs, total_steps
+    from jaxcls.train.run_files import read_inputs
+    from jaxcls.train.trainer import total_steps
 
     cfg = load_config(REPO / "configs/focal.py", overrides(args, 0, Path(args.workdir)))
     m, t = cfg.model, cfg.train

@@ -20,11 +20,9 @@ from tqdm.auto import tqdm
 
 from jaxcls import config as config_lib
 from jaxcls import runtime
-from jaxcls.data import batches, label_sets, splits, tables, tokenizer
+from jaxcls.data import batches, splits, tokenizer
 from jaxcls.errors import UserError
 from jaxcls.eval import scoring
-from jaxcls.files import write_text_atomic
-from jaxcls.formats import run_dir
 from jaxcls.interrupts import StopFlag
 from jaxcls.model import lora
 from jaxcls.train import (
@@ -33,13 +31,14 @@ from jaxcls.train import (
     losses,
     plan,
     restore,
+    run_files,
     run_model,
     schedules,
     sharding,
     steps,
     weight_average,
 )
-from jaxcls.train.checkpoints import abstract, check_same_model, committed_steps
+from jaxcls.train.checkpoints import abstract
 from jaxcls.train.settings import OptimSettings, StepSettings
 
 log = logging.getLogger("jaxcls")
@@ -77,55 +76,6 @@ def count_texts(dataset: batches.Dataset) -> str:
     return f"{dataset.n_rows} ({len(dataset)} windows)"
 
 
-def read_inputs(cfg: Any) -> tuple[tables.Table, tables.Table, list[str]]:
-    """The training and validation tables and the label map of ``cfg``'s data files."""
-    inputs = splits.read_inputs(cfg.data, cfg.seed)
-    return inputs.train, inputs.val, inputs.label_names
-
-
-def check_run_dir(cfg: Any, workdir: Path, label_names: list[str]) -> None:
-    """A run dir is resumed only with its labels, model and LoRA settings (or is new)."""
-    run_dir.check_labels(workdir, label_names)
-    if (workdir / run_dir.CONFIG).is_file():
-        check_same_model(run_dir.read_config(workdir).to_dict(), cfg, workdir)
-    if not cfg.train.resume and committed_steps(workdir / checkpoints.CHECKPOINTS):
-        raise UserError(
-            f"{workdir / checkpoints.CHECKPOINTS} has checkpoints and train.resume is false; "
-            "train into a new workdir (--config.workdir=...) or delete them first"
-        )
-
-
-def write_run_files(cfg: Any, workdir: Path, inputs: splits.Inputs) -> None:
-    """config.json, labels.json, runs/LATEST and data.split's parts (written once the run is
-    known to fit).
-
-    config.json is the resolved config: the data files actually used (absolute; the demo's, or
-    data.split's parts in RUN/data/, so eval.py finds the test part) and the actual workdir.
-    """
-    files = dict(inputs.files)
-    if inputs.parts:
-        data = cfg.data
-        files.update(
-            splits.write_parts(
-                inputs.parts,
-                workdir / "data",
-                data.train,
-                data.split,
-                cfg.seed,
-                label_sets.label_format(data),
-            )  # fmt: skip
-        )
-    resolved = config_lib.config_from_json(config_lib.config_to_json(cfg))
-    resolved.workdir = str(workdir.absolute())
-    for part in ("train", "val", "test"):
-        resolved.data[part] = files.get(part, "")
-    if inputs.parts:  # the parts are the files now: the resolved config trains on them as given
-        resolved.data.split = ""
-    write_text_atomic(workdir / run_dir.CONFIG, config_lib.config_to_json(resolved))
-    run_dir.save_labels(workdir / run_dir.LABELS, inputs.label_names)
-    run_dir.mark_latest(workdir)
-
-
 class Trainer:
     """One training run of ``cfg`` in ``workdir`` (resumed when it has checkpoints)."""
 
@@ -150,7 +100,7 @@ class Trainer:
         inputs = inputs or splits.read_inputs(cfg.data, cfg.seed)
         train_table, val_table, self.label_names = inputs.train, inputs.val, inputs.label_names
         self.workdir.mkdir(parents=True, exist_ok=True)
-        check_run_dir(cfg, self.workdir, self.label_names)
+        run_files.check_run_dir(cfg, self.workdir, self.label_names)
         # The loggers of train.loggers (a missing wandb fails here); nothing is written yet, and
         # wandb reads the run's config (filled in below, once resolved) at the first write.
         run_config: dict = {}
@@ -223,7 +173,7 @@ class Trainer:
         # failing command never overwrites a good run's config, labels or metrics.
         self.metrics_log.truncate_after(-1 if latest is None else latest)
         if self.main:
-            write_run_files(cfg, self.workdir, inputs)
+            run_files.write_run_files(cfg, self.workdir, inputs)
 
         # Update step.
         replicated = sharding.replicated(self.mesh)
@@ -441,7 +391,7 @@ class Trainer:
 def train_and_evaluate(
     cfg: Any,
     workdir: str | Path | None = None,
-    inputs: tuple[tables.Table, tables.Table, list[str]] | None = None,
+    inputs: splits.Inputs | None = None,
 ) -> dict[str, Any]:
     """Train from a config; returns the best validation metric and where the run is."""
     return Trainer(cfg, workdir, inputs).fit()
