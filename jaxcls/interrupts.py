@@ -24,6 +24,8 @@ import signal
 import threading
 from collections.abc import Callable
 
+from tqdm.std import tqdm as std_tqdm
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 ACK = "stopping after this step; saving a checkpoint... (Ctrl-C again to quit without saving)"
 
@@ -107,8 +109,17 @@ def exit_now(signum: int, note: str = "") -> None:
         except Exception as e:  # a cleanup must not keep the process from exiting
             notes.append(f"cleanup failed: {e}")
     name = signal.Signals(signum).name
-    _say("; ".join([f"interrupted by {name}: exiting", *filter(None, notes)]))
+    line = "; ".join([f"interrupted by {name}: exiting", *filter(None, notes)])
+    _say(("\n" if _progress_bar_shown() else "") + line)
     os._exit(128 + signum)
+
+
+def _progress_bar_shown() -> bool:
+    """Whether a tqdm bar is open: its line has no end yet, so ours must start a new one."""
+    try:
+        return any(not bar.disable for bar in list(std_tqdm._instances))
+    except (AttributeError, RuntimeError):  # no bar made yet; the set changed while copied
+        return False
 
 
 def _say(line: str) -> None:

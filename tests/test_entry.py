@@ -297,6 +297,35 @@ def test_a_signal_exits_at_once_while_the_main_thread_is_busy_in_c():
     assert result.stdout == ""
 
 
+def test_the_exit_line_starts_a_line_of_its_own_after_a_progress_bar():
+    result = _run_watcher("""
+        from tqdm.auto import tqdm
+        interrupts.install()
+        bar = tqdm(total=3, desc="pretrain")
+        bar.update(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+    """)
+    assert result.returncode == 130
+    bar, line, end = result.stderr.rsplit("\n", 2)
+    assert "pretrain" in bar and line == "interrupted by SIGINT: exiting" and end == ""
+
+
+def test_ctrl_c_removes_the_learned_tokenizers_temporary_dir():
+    result = _run_watcher("""
+        import ml_collections
+        from jaxcls.train.base_model import random_init_tokenizer
+        interrupts.install()
+        model = ml_collections.ConfigDict({"tokenizer": "data", "vocab_size": 300})
+        print(random_init_tokenizer(model, ["a short training text", "another one"] * 8))
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+    """)
+    assert result.returncode == 130, result.stderr[-2000:]
+    tok_dir = Path(result.stdout.strip())
+    assert tok_dir.name.startswith("jaxcls-tokenizer-") and not tok_dir.exists()
+
+
 def test_a_ready_stop_flag_takes_the_first_ctrl_c_and_the_second_quits():
     result = _run_watcher("""
         interrupts.install()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import shutil
 import tempfile
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcls import interrupts
 from jaxcls.data import learned_tokenizer, tokenizer
 from jaxcls.data.demo import qwen_tokenizer_dir
 from jaxcls.errors import UserError
@@ -92,6 +94,8 @@ def random_init_tokenizer(model_cfg: Any, train_texts: Sequence[str] | None) -> 
     if model_cfg.tokenizer == "qwen":
         return qwen_tokenizer_dir()
     tok_dir = Path(tempfile.mkdtemp(prefix="jaxcls-tokenizer-"))
-    atexit.register(shutil.rmtree, tok_dir, True)  # the run dir's base keeps its own copy
+    remove = functools.partial(shutil.rmtree, tok_dir, True)  # the run dir's base has a copy
+    atexit.register(remove)
+    interrupts.on_exit(remove)  # Ctrl-C's exit skips atexit
     learned_tokenizer.write_learned_tokenizer(train_texts, model_cfg.vocab_size, tok_dir)
     return tok_dir
