@@ -43,25 +43,6 @@ TINY = dict(
     max_position_embeddings=512,
 )
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
-# The files that take longest (about a minute of one worker each), run first: pytest-xdist
-# hands out whole files (--dist loadfile) in collection order, and a long file started last
-# keeps one worker busy after the other has finished.
-LONGEST_FIRST = (
-    "test_train_e2e.py",
-    "test_interrupt.py",
-    "test_export.py",
-    "test_cached_contrastive.py",
-    "test_multidevice.py",
-    "test_multihost.py",
-    "test_numerics.py",
-    "test_analysis.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run ``LONGEST_FIRST``'s files first, in that order; the rest keep theirs."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="session")
