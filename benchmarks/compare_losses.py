@@ -139,10 +139,9 @@ def tfidf_baseline(args: argparse.Namespace, seed: int) -> dict:
 
     from jaxcls.config import load_config
     from jaxcls.data import splits, tables
-    from jaxcls.train.run_files import read_inputs
 
     cfg = load_config(REPO / "configs/focal.py", overrides(args, seed, Path(args.workdir)))
-    train, _, _ = read_inputs(cfg)  # the same subset the trainer uses
+    train = splits.read_inputs(cfg.data, cfg.seed).train  # the same subset the trainer uses
     paths = splits.data_paths(cfg.data.train, cfg.data.val, cfg.data.test)
     test = tables.read_table(paths["test"], cfg.data.text_column, cfg.data.label_column)
     start = time.perf_counter()
@@ -202,7 +201,6 @@ def describe(args: argparse.Namespace) -> str:
     """One sentence on the setting: model, data, subset, steps."""
     from jaxcls.config import load_config
     from jaxcls.data import splits
-    from jaxcls.train.run_files import read_inputs
     from jaxcls.train.trainer import total_steps
 
     cfg = load_config(REPO / "configs/focal.py", overrides(args, 0, Path(args.workdir)))
@@ -212,7 +210,8 @@ def describe(args: argparse.Namespace) -> str:
         f"random-init Qwen3 (hidden {m.hidden_size}, {m.num_layers} layers, "
         f"{'base trained' if m.train_base else 'base frozen'}, LoRA rank {cfg.lora.rank})"
     )  # fmt: skip
-    train, val, _ = read_inputs(cfg)
+    inputs = splits.read_inputs(cfg.data, cfg.seed)
+    train, val = inputs.train, inputs.val
     paths = splits.data_paths(cfg.data.train, cfg.data.val, cfg.data.test)
     per_epoch = -(-len(train.texts) // t.batch_size)
     steps = total_steps(cfg, per_epoch)

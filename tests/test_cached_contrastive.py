@@ -29,7 +29,7 @@ def report() -> dict:
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
+        "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=4",
     }
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("_cached_contrastive_worker.py"))],

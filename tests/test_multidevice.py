@@ -24,8 +24,8 @@ def report() -> dict:
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "JAX_PLATFORMS": "cpu",
-        # Optimisation level 0: the same numbers on 1 and 4 devices, compiled twice as fast.
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
+        # conftest's flags (optimisation level 0) and 4 host devices.
+        "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=4",
     }
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("_multidevice_worker.py"))],

@@ -76,9 +76,8 @@ def launch(overrides: dict, out: Path, devices: int, env: dict) -> subprocess.Po
         "HF_HUB_OFFLINE": "1",
         "JAX_PLATFORMS": "cpu",
         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-        # Optimisation level 0: the same numbers in every process, compiled twice as fast.
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
-        "--xla_backend_optimization_level=0",
+        # conftest's flags (optimisation level 0) and the host device count.
+        "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}",
     }
     args = json.dumps({k: str(v) for k, v in overrides.items()})
     return subprocess.Popen(

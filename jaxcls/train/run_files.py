@@ -11,18 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from jaxcls import config as config_lib
-from jaxcls.data import label_sets, splits, tables
+from jaxcls.data import label_sets, splits
 from jaxcls.errors import UserError
 from jaxcls.files import write_text_atomic
 from jaxcls.formats import run_dir
 from jaxcls.train import checkpoints
 from jaxcls.train.checkpoints import check_same_model, committed_steps
-
-
-def read_inputs(cfg: Any) -> tuple[tables.Table, tables.Table, list[str]]:
-    """The training and validation tables and the label map of ``cfg``'s data files."""
-    inputs = splits.read_inputs(cfg.data, cfg.seed)
-    return inputs.train, inputs.val, inputs.label_names
 
 
 def check_run_dir(cfg: Any, workdir: Path, label_names: list[str]) -> None:
