@@ -221,6 +221,9 @@ def run_jaxcls(
         return record | {"status": f"failed (exit {done.returncode}): {' '.join(tail)}"}
     metrics = json.loads(metrics_path.read_text())
     record |= {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+    if "ngram_blend" in metrics:  # eval.ngram_blend: the network alone, and its weight
+        blend = metrics["ngram_blend"]
+        record |= {"network_accuracy": blend["network_accuracy"], "blend_weight": blend["weight"]}
     return record | {"steps": last_train_step(rundir / "metrics.jsonl"), "status": "ok"}
 
 
@@ -262,8 +265,14 @@ def brief(record: dict) -> str:
     if record["status"] != "ok":
         return record["status"]
     steps = f", {record['steps']} steps" if record.get("steps") is not None else ""
+    blend = ""
+    if "blend_weight" in record:
+        blend = (
+            f" (n-gram blend weight {record['blend_weight']:.2f}; the network alone "
+            f"{record['network_accuracy']:.4f})"
+        )
     return (
-        f"accuracy {record['accuracy']:.4f}, macro-F1 {record['macro_f1']:.4f}, "
+        f"accuracy {record['accuracy']:.4f}{blend}, macro-F1 {record['macro_f1']:.4f}, "
         f"{record['wall_s']:.1f} s{steps}"
     )
 
@@ -299,8 +308,9 @@ def dataset_table(metas: dict[str, dict], records: list[dict]) -> str:
 def results_table(records: list[dict]) -> str:
     """One row per dataset and method: mean ± std over seeds of the finished runs."""
     lines = [
-        "| dataset | method | seeds | test accuracy | macro-F1 | steps | wall s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| dataset | method | seeds | test accuracy | the network alone | n-gram weight "
+        "| macro-F1 | steps | wall s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
     # By dataset (merged reports list each file's runs in turn), then in the order they ran.
@@ -312,9 +322,15 @@ def results_table(records: list[dict]) -> str:
         runs = [r for r in records if (r["dataset"], r["method"]) == (dataset, method)]
         ok = [r for r in runs if r["status"] == "ok"]
         steps = [r["steps"] for r in ok if r.get("steps") is not None]
+        alone = [r["network_accuracy"] for r in ok if "network_accuracy" in r]
+        weights = [r["blend_weight"] for r in ok if "blend_weight" in r]
+        blend = (
+            f"{mean_std(alone, 4) if alone else '-'} | {mean_std(weights, 2) if weights else '-'}"
+        )
         lines.append(
             f"| {dataset} | {method} | {len(ok)}/{len(runs)} "
             f"| {mean_std([r['accuracy'] for r in ok], 4)} "
+            f"| {blend} "
             f"| {mean_std([r['macro_f1'] for r in ok], 4)} "
             f"| {mean_std(steps, 0) if steps else '-'} | {mean_std([r['wall_s'] for r in ok], 1)} |"
         )

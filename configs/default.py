@@ -283,6 +283,11 @@ def get_config() -> ml_collections.ConfigDict:
     # After training, fit a temperature T on the best checkpoint's validation logits (saved in
     # RUN/calibration.json); predict_proba, predict.py and eval.py then use softmax(logits / T).
     config.eval.calibrate = True
+    # After training, fit a TF-IDF n-gram + logistic-regression model on the training texts and
+    # mix its log-probabilities with the network's, at the weight (0 to 1) with the best
+    # validation accuracy; 0 keeps the network alone (RUN/blend.json, RUN/ngram.npz; single-label
+    # runs; exports carry the network only).
+    config.eval.ngram_blend = True
 
     # Multi-host setup for jax.distributed.initialize; the defaults mean a single process.
     config.distributed = ml_collections.ConfigDict()

@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.warmup_steps = 0
     config.optim.warmup_ratio = 0.0
     config.pretrain.epochs = 0  # tests that pretrain turn it on
+    config.eval.ngram_blend = False  # the network alone; tests of the blend turn it on
     config.train.batch_size = 8
     config.train.eval_batch_size = 8
     config.train.max_steps = 4

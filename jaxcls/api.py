@@ -22,6 +22,7 @@ from jaxcls.data import batches, label_sets, splits
 from jaxcls.data import tokenizer as tokenizer_lib
 from jaxcls.data.long_text import average_by_row
 from jaxcls.errors import UserError
+from jaxcls.eval import blend as blend_lib
 from jaxcls.eval import calibration
 from jaxcls.eval.multilabel import DEFAULT_THRESHOLD, apply_thresholds, tune_thresholds
 from jaxcls.formats import hf_dir, model_dir, peft_dir, run_dir
@@ -51,12 +52,14 @@ class Classifier:
         multi_label: bool = False,
         thresholds: Sequence[float] | None = None,
         label_sep: str = "|",
+        blend: blend_lib.Blend | None = None,
     ) -> None:
         """``long_text``, ``window_stride``: as the config keys data.*; ``temperature``: the
         probabilities are softmax(logits / temperature) (a run's calibration.json);
         ``multi_label``: sigmoid(logits / temperature) outputs (one temperature, or one per
         label), label sets cut at ``thresholds`` (one per label, default 0.5); ``label_sep``
-        joins a label set in predict's output tables."""
+        joins a label set in predict's output tables; ``blend``: an n-gram blend mixed into
+        the logits (a run's blend.json)."""
         if len(labels) != head.num_labels:
             raise ValueError(f"{len(labels)} labels for a head of {head.num_labels} classes")
         if quantize not in quant.QUANTIZE:
@@ -64,7 +67,7 @@ class Classifier:
         if quantize == "int8":  # the base's float kernels (a run's int8 base already is)
             params = quant.quantize_params(params)
         self.config, self.head, self.labels = config, head, list(labels)
-        self.multi_label, self.label_sep = multi_label, label_sep
+        self.multi_label, self.label_sep, self.blend = multi_label, label_sep, blend
         self.thresholds = None
         if multi_label:
             cut = [DEFAULT_THRESHOLD] * len(labels) if thresholds is None else thresholds
@@ -127,7 +130,7 @@ class Classifier:
         cls, path: Path, ckpt: str, dtype: str, batch_size: int, quantize: str
     ) -> Classifier:
         """A training run at checkpoint ``ckpt`` (``RunModel.inference_params``), with the
-        run's temperature when it was fitted on this checkpoint, and a multi-label run's
+        run's n-gram blend and temperature when fitted on this checkpoint, and a multi-label run's
         thresholds of that checkpoint (tuned on its validation set and saved when
         thresholds.json has none)."""
         run, step = restore.load_run(path, ckpt)
@@ -151,6 +154,7 @@ class Classifier:
             multi_label=multi,
             thresholds=saved,
             label_sep=run.cfg.data.get("label_sep", "") or "|",
+            blend=None if multi else blend_lib.load(path, step),
         )
         if multi and saved is None:
             clf.thresholds = clf.tune_thresholds(splits.read_inputs(run.cfg.data, run.cfg.seed).val)
@@ -214,8 +218,10 @@ class Classifier:
         return logits, features
 
     def predict_logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw (uncalibrated) logits [n, num_labels] (float32)."""
-        return self._run(texts)[0]
+        """Logits [n, num_labels] (float32) before the temperature: the network's, mixed with
+        the run's n-gram model where it has a blend (``jaxcls.eval.blend``)."""
+        logits = self._run(texts)[0]
+        return logits if self.blend is None else self.blend.logits(logits, list(texts))
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities [n, num_labels] (float32): softmax(logits / self.temperature)

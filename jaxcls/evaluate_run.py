@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -15,7 +16,8 @@ import numpy as np
 from jaxcls.config import is_multi_label
 from jaxcls.data import batches, label_sets, splits, tables
 from jaxcls.data.splits import data_paths
-from jaxcls.eval import calibration, multilabel, outputs, scoring
+from jaxcls.eval import blend as blend_lib
+from jaxcls.eval import calibration, metrics, multilabel, outputs, scoring
 from jaxcls.formats import run_dir
 from jaxcls.train import restore, run_model, sharding
 
@@ -26,7 +28,8 @@ DEFAULT_MAX_TSNE_POINTS = 3000
 
 
 Predict = Callable[[dict], dict]
-# score(dataset, thresholds=None, temperature=None) -> (``scoring.score`` result, raw outputs)
+# score(dataset, thresholds=None, temperature=None, adjust=None)
+#   -> (``scoring.score`` result, raw outputs)
 Scorer = Callable[..., tuple[dict, dict]]
 # A fitted temperature: one float (single-label), one per label (multi-label), None: none.
 Temperature = float | list[float] | None
@@ -55,11 +58,12 @@ def scorer(run: run_model.RunModel) -> Scorer:
     predict, cfg = predictor(run), run.cfg
 
     def score(
-        dataset: batches.Dataset, thresholds: np.ndarray | None = None, temperature: Any = None
-    ) -> tuple:
+        dataset: batches.Dataset, thresholds: np.ndarray | None = None, temperature: Any = None,
+        adjust: scoring.Adjust | None = None,
+    ) -> tuple:  # fmt: skip
         return scoring.evaluate(
             predict, dataset, cfg.train.eval_batch_size, run.pad_id, cfg.data.max_length,
-            run.label_names, thresholds, temperature,
+            run.label_names, thresholds, temperature, adjust,
         )  # fmt: skip
 
     return score
@@ -72,12 +76,15 @@ def evaluate_file(
     temperature: Temperature = None,
     score: Scorer | None = None,
     thresholds: np.ndarray | None = None,
+    blend: blend_lib.Blend | None = None,
 ) -> tuple[dict, dict, tables.Table]:
     """Score the run on a labelled file: (metrics, raw outputs, the scored table); ``table``:
     the file already read (``run.read_table(path)``); ``temperature``: the run's fitted one
     (one per label for a multi-label run; None: not calibrated), for the ``calibration`` entry
     of the result; ``score``: a ``scorer(run)``; ``thresholds``: a multi-label run's per-label
-    decision thresholds (on the calibrated probabilities when there is a temperature).
+    decision thresholds (on the calibrated probabilities when there is a temperature);
+    ``blend``: the run's n-gram blend of this checkpoint, mixed into the logits before the
+    temperature.
 
     Rows whose label training never saw are not scored: they are logged and listed in the
     metrics under ``unseen_labels`` ({"count", "unit", "labels": label -> rows}).
@@ -93,11 +100,21 @@ def evaluate_file(
         )  # fmt: skip
         table = kept
     dataset = run.dataset(table)
-    result, raw = (score or scorer(run))(dataset, thresholds, temperature)
+    texts = table.texts
+    adjust = None if blend is None else (lambda logits: blend.logits(logits, texts))
+    result, raw = (score or scorer(run))(dataset, thresholds, temperature, adjust)
     labels = dataset.row_labels
     # ECE (15 bins) and NLL of the test logits before and after the temperature.
     report = calibration_report(raw["logits"], labels, temperature)
     result["calibration"] = {**report, "temperature": temperature}
+    if blend is not None:
+        network = raw.pop("unadjusted_logits").argmax(axis=-1)
+        alone = metrics.classification_metrics(labels, network, run.label_names)
+        result["ngram_blend"] = {
+            "weight": blend.weight,
+            "network_accuracy": alone["accuracy"],
+            "network_macro_f1": alone["macro_f1"],
+        }
     if unseen:
         result["unseen_labels"] = {"count": count, "unit": table.unit, "labels": unseen}
     return result, {**raw, "labels": labels}, table
@@ -113,15 +130,70 @@ def calibration_report(logits: np.ndarray, labels: np.ndarray, temperature: Temp
     return calibration.calibration_report(logits, labels, t)
 
 
-def validation_outputs(run: run_model.RunModel, score: Scorer) -> tuple[str, batches.Dataset, dict]:
-    """(file, dataset, raw outputs) of the run's validation rows, as training read them."""
-    table = splits.read_inputs(run.cfg.data, run.cfg.seed).val
-    dataset = run.dataset(table)
-    return table.path, dataset, score(dataset)[1]
+class Validation(NamedTuple):
+    """The run's validation rows as training read them, and the training rows beside them."""
+
+    table: tables.Table
+    dataset: batches.Dataset
+    raw: dict  # the model's outputs on ``dataset`` (logits mixed once a blend is chosen)
+    train: tables.Table
+
+
+def validation_outputs(run: run_model.RunModel, score: Scorer) -> Validation:
+    """The model's outputs on the run's validation rows."""
+    inputs = splits.read_inputs(run.cfg.data, run.cfg.seed)
+    dataset = run.dataset(inputs.val)
+    return Validation(inputs.val, dataset, score(dataset)[1], inputs.train)
+
+
+def fit_blend(
+    run: run_model.RunModel, step: int, validation: Validation | None
+) -> blend_lib.Blend | None:
+    """Fit the n-gram model on the run's training texts and choose its weight in the blend on
+    validation (``jaxcls.eval.blend``), saved for checkpoint ``step``; None (and no files)
+    with ``eval.ngram_blend`` off, for a multi-label run, or when the weight is 0."""
+    workdir = Path(run.workdir)
+    if not run.cfg.eval.get("ngram_blend", False) or is_multi_label(run.cfg):
+        if jax.process_index() == 0:
+            blend_lib.remove(workdir)  # a blend of an earlier fit no longer applies
+        return None
+    assert validation is not None, "eval.ngram_blend needs the validation outputs"
+    start = time.perf_counter()
+    train, val = validation.train, validation.table
+    blend, accuracy = blend_lib.fit(
+        train.texts, tables.encode_labels(train, run.label_names), val.texts,
+        validation.dataset.row_labels, validation.raw["logits"], run.cfg.seed,
+    )  # fmt: skip
+    record = {
+        "checkpoint_step": step,
+        "fitted_on": str(Path(train.path).absolute()),
+        "chosen_on": str(Path(val.path).absolute()),
+        "ngram_alpha": blend.ngram.alpha,
+        **{f"val_accuracy_{k}": v for k, v in accuracy.items()},
+    }
+    if jax.process_index() == 0:
+        blend_lib.save(workdir, blend, record)
+    log.info(
+        "n-gram blend: TF-IDF + logistic regression fitted on %d training texts in %.1f s; "
+        "weight %.2f chosen on %d validation rows (accuracy: network %.4f, n-gram %.4f, blend "
+        "%.4f; eval.ngram_blend=False turns it off): %s",
+        len(train.texts), time.perf_counter() - start, blend.weight, len(val.texts),
+        accuracy["network"], accuracy["ngram"], accuracy["blend"], workdir / blend_lib.BLEND,
+    )  # fmt: skip
+    return blend if blend.weight > 0 else None
+
+
+def blended(validation: Validation, blend: blend_lib.Blend | None) -> Validation:
+    """``validation`` with the blend mixed into its logits (as is without one)."""
+    if blend is None:
+        return validation
+    logits = blend.logits(validation.raw["logits"], validation.table.texts)
+    nll = scoring.row_nll(logits, validation.dataset.row_labels).astype(np.float32)
+    return validation._replace(raw={**validation.raw, "logits": logits, "nll": nll})
 
 
 def fit_calibration(
-    run: run_model.RunModel, step: int, score: Scorer, validation: tuple | None = None
+    run: run_model.RunModel, step: int, score: Scorer, validation: Validation | None = None
 ) -> Temperature:
     """Fit the temperature of checkpoint ``step`` on the run's validation set and save it in
     calibration.json: one T for a single-label run, one per label for a multi-label run;
@@ -133,7 +205,7 @@ def fit_calibration(
         if jax.process_index() == 0:
             path.unlink(missing_ok=True)  # a temperature of an earlier fit no longer applies
         return None
-    val_path, dataset, raw = validation or validation_outputs(run, score)
+    val_table, dataset, raw, _ = validation or validation_outputs(run, score)
     labels = dataset.row_labels
     if labels.ndim == 2:
         temperature = calibration.fit_temperatures_multilabel(raw["logits"], labels).tolist()
@@ -143,7 +215,7 @@ def fit_calibration(
     record = {
         "temperature": temperature,
         "checkpoint_step": step,
-        "fitted_on": str(Path(val_path).absolute()),
+        "fitted_on": str(Path(val_table.path).absolute()),
         "rows": len(labels),
         **{f"val_{k}": fit[k] for k in ("nll_before", "nll_after", "ece_before", "ece_after")},
     }
@@ -160,7 +232,7 @@ def fit_calibration(
 
 def thresholds_for(
     run: run_model.RunModel, step: int, score: Scorer, temperature: Temperature = None,
-    retune: bool = False, validation: tuple | None = None,
+    retune: bool = False, validation: Validation | None = None,
 ) -> np.ndarray | None:  # fmt: skip
     """A multi-label run's per-label thresholds at checkpoint ``step`` (None: single-label):
     those in its thresholds.json, else (or with ``retune``) tuned for F1 on its validation set
@@ -172,7 +244,7 @@ def thresholds_for(
     saved = None if retune else run_dir.load_thresholds(run.workdir, run.label_names, step)
     if saved is not None:
         return np.asarray(saved)
-    _, val, raw = validation or validation_outputs(run, score)
+    _, val, raw, _ = validation or validation_outputs(run, score)
     probs = calibration.sigmoid(raw["logits"], 1.0 if temperature is None else temperature)
     tuned = multilabel.tune_thresholds(probs, val.row_labels)
     if jax.process_index() == 0:
@@ -243,8 +315,9 @@ def write_outputs(
 def evaluate_after_training(
     cfg: Any, workdir: str | Path, run: run_model.RunModel | None = None
 ) -> None:
-    """Fit the best checkpoint's temperature on validation (``eval.calibrate``), or tune a
-    multi-label run's thresholds there (``thresholds_for``), then evaluate it on the run's test
+    """Fit the best checkpoint's n-gram blend (``eval.ngram_blend``) and then its temperature
+    (``eval.calibrate``) on validation, or tune a multi-label run's thresholds there
+    (``thresholds_for``), then evaluate it on the run's test
     file: ``data.test`` as resolved in its config.json (the demo's test split by default,
     data.split's test part in RUN/data/).
 
@@ -256,23 +329,25 @@ def evaluate_after_training(
     has_test = Path(test).is_file()
     if not has_test:
         log.info("no test file (%s); skipping the final evaluation", test)
-    if not (has_test or saved.eval.calibrate or is_multi_label(saved)):
+    blends = bool(saved.eval.get("ngram_blend", False)) and not is_multi_label(saved)
+    if not (has_test or saved.eval.calibrate or blends or is_multi_label(saved)):
         return
     if run is None:
         run, step = restore.load_run(Path(workdir), "best")
     else:
         step = restore.restore_trainable(run, Path(workdir), "best")
     score = scorer(run)
-    # One pass over validation serves the temperature and the thresholds.
-    validation = (
-        validation_outputs(run, score) if saved.eval.calibrate or is_multi_label(saved) else None
-    )
+    # One pass over validation serves the blend, the temperature and the thresholds.
+    uses_validation = saved.eval.calibrate or blends or is_multi_label(saved)
+    validation = validation_outputs(run, score) if uses_validation else None
+    blend = fit_blend(run, step, validation)
+    validation = blended(validation, blend) if validation else None
     temperature = fit_calibration(run, step, score, validation)
     # Tuned afresh: on the probabilities of the temperature just fitted.
     thresholds = thresholds_for(run, step, score, temperature, retune=True, validation=validation)
     if not has_test:
         return
-    result, raw, table = evaluate_file(run, test, None, temperature, score, thresholds)
+    result, raw, table = evaluate_file(run, test, None, temperature, score, thresholds, blend)
     outputs.print_summary(result, run.label_names)
     if jax.process_index() == 0:
         write_outputs(run, result, raw, table, Path(workdir) / "eval", step=step)

@@ -19,6 +19,9 @@ Both formats give the model's raw logits: the temperature a run fitted on valida
 (``RUN/calibration.json``, config key eval.calibrate) is not folded in; divide the logits by its
 ``temperature`` (one per label for a multi-label run) before the softmax (sigmoid) for the
 calibrated probabilities of ``predict.py``.
+The n-gram blend (``RUN/blend.json``, config key eval.ngram_blend) is not exported either: the
+export is the network alone, whose predictions are those of the run with ``--config
+.eval.ngram_blend=False``; the log says when the run's predictions also mixed in the n-gram model.
 A multi-label run's ``config.json`` has ``problem_type: multi_label_classification`` (so
 transformers applies a sigmoid per label), and its tuned thresholds go to ``thresholds.json``,
 moved to the plain sigmoid's scale (the same decisions as the calibrated probabilities at the
@@ -38,6 +41,7 @@ import numpy as np
 
 from jaxcls import cli
 from jaxcls.config import is_multi_label
+from jaxcls.eval import blend as blend_lib
 from jaxcls.eval import calibration
 from jaxcls.files import atomic_dir
 from jaxcls.formats import hf_dir, model_dir, peft_dir, run_dir
@@ -127,6 +131,13 @@ def export(workdir: Path, ckpt: str, fmt: str, out: Path, dtype: str | None = No
         thresholds = calibration.uncalibrated_thresholds(thresholds, temperature).tolist()
     write(run, fmt, out, dtype, thresholds)
     log.info("exported %s step %d as %s to %s", workdir, step, fmt, out)
+    blend = blend_lib.load(Path(workdir), step)
+    if blend is not None:
+        log.warning(
+            "the export is the network alone: the run's predictions (eval.py, predict.py) also "
+            "mix in its n-gram model at weight %.2f (%s), which has no Hugging Face form",
+            blend.weight, Path(workdir) / blend_lib.BLEND,
+        )  # fmt: skip
     return Path(out)
 
 

@@ -186,7 +186,7 @@ def test_over_confident_model_gets_a_temperature_above_one(trained, loaded):
 
     # A Scorer (evaluate_run.scorer's signature) whose logits are x 50, as from a score head x 50:
     # over-confident.
-    def score(dataset, thresholds=None, temperature=None):
+    def score(dataset, thresholds=None, temperature=None, adjust=None):
         _, raw = unscaled(dataset)
         raw = {**raw, "logits": raw["logits"] * 50.0}
         result = scoring.score(raw, dataset.row_labels, run.label_names, thresholds, temperature)

@@ -79,24 +79,27 @@ def main(argv: Sequence[str] | None = None, prog: str = "jaxcls eval") -> int:
     out = Path(args.out) if args.out else out_dir(workdir, path, own_test)
 
     from jaxcls import evaluate_run
+    from jaxcls.eval import blend as blend_lib
     from jaxcls.eval.outputs import print_summary
     from jaxcls.train import run_model
     from jaxcls.train.restore import load_run
 
     if args.lora_model:
         run, what, step = run_model.from_peft(cfg, args.lora_model), f"adapter {workdir}", None
-        temperature = None
+        temperature, blend = None, None
     else:
         run, step = load_run(workdir, ckpt)
         what = f"checkpoint {step}"
         # The run's temperature when fitted on this checkpoint (None: uncalibrated).
         temperature = run_dir.load_temperature(workdir, step)
+        # The run's n-gram blend when chosen for this checkpoint (None: the network alone).
+        blend = blend_lib.load(workdir, step)
     score = evaluate_run.scorer(run)
     thresholds = (
         None if step is None else evaluate_run.thresholds_for(run, step, score, temperature)
     )
     result, outputs, table = evaluate_run.evaluate_file(
-        run, path, table, temperature, score, thresholds
+        run, path, table, temperature, score, thresholds, blend
     )
     print_summary(result, run.label_names)
     evaluate_run.write_outputs(run, result, outputs, table, out, step=step)

@@ -16,6 +16,9 @@ from jaxcls.data.long_text import average_by_row
 from jaxcls.eval import metrics, multilabel
 from jaxcls.eval.calibration import sigmoid
 
+# A change of the logits before scoring (the n-gram blend): logits [n, C] -> logits [n, C].
+Adjust = Callable[[np.ndarray], np.ndarray]
+
 
 def run_dataset(
     predict: Callable[[batches.Batch], dict], dataset: batches.Dataset, batch_size: int, pad: int,
@@ -90,10 +93,16 @@ def score(
 def evaluate(
     predict: Callable[[batches.Batch], dict], dataset: batches.Dataset, batch_size: int, pad: int,
     max_length: int, label_names: list[str], thresholds: np.ndarray | None = None,
-    temperature: Any = None,
+    temperature: Any = None, adjust: Adjust | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:  # fmt: skip
-    """(``score`` of the model on a labelled dataset, its raw ``run_dataset`` outputs)."""
+    """(``score`` of the model on a labelled dataset, its raw ``run_dataset`` outputs); with
+    ``adjust``, of the adjusted logits (and their NLL), the model's own logits kept in the raw
+    outputs as ``unadjusted_logits``."""
     raw = run_dataset(predict, dataset, batch_size, pad, max_length)
+    if adjust is not None:
+        logits = adjust(raw["logits"])
+        nll = row_nll(logits, dataset.row_labels).astype(np.float32)
+        raw = {**raw, "logits": logits, "nll": nll, "unadjusted_logits": raw["logits"]}
     return score(raw, dataset.row_labels, label_names, thresholds, temperature), raw
 
 
