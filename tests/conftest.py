@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +175,17 @@ def torch_forward():
         return out.logits.numpy(), [h.numpy() for h in out.hidden_states]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def quality():
+    """``benchmarks/quality.py`` as a module (the quality suite and its TF-IDF baseline)."""
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        spec = importlib.util.spec_from_file_location("quality", Path(benchmarks) / "quality.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(benchmarks)

@@ -38,27 +38,14 @@ def split(data: list[dict], classes=CLASSES) -> tuple[list[str], np.ndarray]:
     return [r["text"] for r in data], np.array([classes.index(r["label"]) for r in data])
 
 
-def sklearn_features():
-    """The n-gram features as sklearn computes them: TfidfVectorizer parts side by side."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.pipeline import FeatureUnion
-
-    return FeatureUnion([
-        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True,
-                                 min_df=2)),
-        ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True,
-                                 min_df=2, token_pattern=r"(?u)\b\w+\b")),
-    ])  # fmt: skip
-
-
 @pytest.mark.parametrize("classes", [CLASSES, CLASSES[:2]], ids=["3 classes", "2 classes"])
-def test_ngram_model_matches_sklearn(classes, tmp_path):
+def test_ngram_model_matches_sklearn(classes, tmp_path, quality):
     from sklearn.linear_model import SGDClassifier
 
     train, val, test = (split(rows(30, s, classes), classes) for s in (0, 1, 2))
     model = ngram.fit(*train, *val, num_labels=len(classes))
     assert model.alpha in ngram.ALPHA_GRID
-    reference = sklearn_features().fit(train[0])
+    reference = quality.tfidf_features().fit(train[0])  # the suite baseline's TfidfVectorizers
     x_test = reference.transform(test[0])
     np.testing.assert_allclose(model.features(test[0]).toarray(), x_test.toarray(), atol=1e-12)
     # The probabilities are sklearn's predict_proba of the same regression.
