@@ -150,20 +150,25 @@ def fit_blend(
     run: run_model.RunModel, step: int, validation: Validation | None
 ) -> blend_lib.Blend | None:
     """Fit the n-gram model on the run's training texts and choose its weight in the blend on
-    validation (``jaxcls.eval.blend``), saved for checkpoint ``step``; None (and no files)
-    with ``eval.ngram_blend`` off, for a multi-label run, or when the weight is 0."""
+    validation (``jaxcls.eval.blend``), saved for checkpoint ``step``; None with
+    ``eval.ngram_blend`` off, for a multi-label run, when the training texts give no n-gram
+    model (no files then), or when the weight is 0 (the files record that choice)."""
     workdir = Path(run.workdir)
+    if jax.process_index() == 0:
+        blend_lib.remove(workdir)  # a blend of an earlier fit no longer applies
     if not run.cfg.eval.get("ngram_blend", False) or is_multi_label(run.cfg):
-        if jax.process_index() == 0:
-            blend_lib.remove(workdir)  # a blend of an earlier fit no longer applies
         return None
     assert validation is not None, "eval.ngram_blend needs the validation outputs"
     start = time.perf_counter()
     train, val = validation.train, validation.table
-    blend, accuracy = blend_lib.fit(
+    fitted = blend_lib.fit(
         train.texts, tables.encode_labels(train, run.label_names), val.texts,
         validation.dataset.row_labels, validation.raw["logits"], run.cfg.seed,
     )  # fmt: skip
+    if fitted is None:
+        log.info("n-gram blend skipped: no n-gram occurs in two training texts; the network alone")
+        return None
+    blend, accuracy = fitted
     record = {
         "checkpoint_step": step,
         "fitted_on": str(Path(train.path).absolute()),

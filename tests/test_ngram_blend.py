@@ -62,6 +62,16 @@ def test_ngram_model_matches_sklearn(classes, tmp_path, quality):
     model.save(tmp_path / "ngram.npz")
     again = ngram.load(tmp_path / "ngram.npz")
     np.testing.assert_array_equal(again.log_proba(test[0]), model.log_proba(test[0]))
+    # Texts with no word in two of them (a language without spaces): the character part alone.
+    chinese = ["你好世界", "今天天气", "天气很好", "世界很大"]
+    only_chars = ngram.fit(chinese, np.array([0, 1, 1, 0]), chinese[:2], np.array([0, 1]), 2)
+    assert [p.name for p in only_chars.parts] == ["char"]
+    only_chars.save(tmp_path / "chars.npz")
+    np.testing.assert_array_equal(
+        ngram.load(tmp_path / "chars.npz").log_proba(chinese), only_chars.log_proba(chinese)
+    )
+    assert ngram.fit(["", ""], np.array([0, 1]), [""], np.array([0]), 2) is None  # no n-gram
+    assert ngram.fit(chinese, np.zeros(4, int), chinese, np.zeros(4, int), 2) is None
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="bad.npz: not an n-gram model"):
         ngram.load(tmp_path / "bad.npz")

@@ -71,11 +71,13 @@ def fit(
     val_labels: np.ndarray,
     val_logits: np.ndarray,
     seed: int = 0,
-) -> tuple[Blend, dict[str, float]]:
+) -> tuple[Blend, dict[str, float]] | None:
     """Fit the n-gram model on the training texts and choose its weight on validation, where
     the network gave ``val_logits`` [n, C]: (the blend, validation accuracies as
-    ``choose_weight``)."""
+    ``choose_weight``); None when there is no n-gram model to fit (``ngram.fit``)."""
     model = ngram.fit(texts, labels, val_texts, val_labels, val_logits.shape[1], seed)
+    if model is None:
+        return None
     weight, accuracies = choose_weight(val_logits, model.log_proba(val_texts), val_labels)
     return Blend(model, weight), accuracies
 

@@ -104,6 +104,8 @@ def load(path: str | os.PathLike) -> NgramClassifier:
         with np.load(path) as data:
             parts = []
             for name, _ in PARTS:
+                if f"{name}_terms" not in data:  # a part the training texts had no n-gram of
+                    continue
                 blob, ends = data[f"{name}_terms"].tobytes(), data[f"{name}_ends"]
                 starts = np.concatenate([[0], ends[:-1]])
                 terms = [blob[s:e].decode("utf-8") for s, e in zip(starts, ends, strict=True)]
@@ -126,17 +128,26 @@ def fit(
     val_labels: np.ndarray,
     num_labels: int,
     seed: int = 0,
-) -> NgramClassifier:
+) -> NgramClassifier | None:
     """Fit on ``texts`` with class indices ``labels`` (in 0..num_labels-1), the L2 strength
-    chosen by accuracy on the validation texts."""
+    chosen by accuracy on the validation texts; None when the texts have no n-gram in two of
+    them, or one class only. A part without such n-grams (words, in a few texts of a language
+    written without spaces) is left out."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import SGDClassifier
 
+    if len(np.unique(labels)) < 2:
+        return None
     parts = []
     for name, settings in PARTS:
-        fitted = TfidfVectorizer(sublinear_tf=True, min_df=MIN_DF, **settings).fit(texts)
+        try:
+            fitted = TfidfVectorizer(sublinear_tf=True, min_df=MIN_DF, **settings).fit(texts)
+        except ValueError:  # no n-gram of this part in MIN_DF texts
+            continue
         parts.append(NgramPart(name, dict(fitted.vocabulary_), fitted.idf_))
+    if not parts:
+        return None
     probe = NgramClassifier(tuple(parts), np.zeros((1, 0)), np.zeros(1), 0.0)
     x, x_val = probe.features(list(texts)), probe.features(list(val_texts))
     best: tuple[float, NgramClassifier] | None = None
