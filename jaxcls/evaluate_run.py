@@ -148,16 +148,18 @@ def validation_outputs(run: run_model.RunModel, score: Scorer) -> Validation:
 
 def fit_blend(
     run: run_model.RunModel, step: int, validation: Validation | None
-) -> blend_lib.Blend | None:
+) -> tuple[blend_lib.Blend | None, Validation | None]:
     """Fit the n-gram model on the run's training texts and choose its weight in the blend on
-    validation (``jaxcls.eval.blend``), saved for checkpoint ``step``; None with
+    validation (``jaxcls.eval.blend``), saved for checkpoint ``step``: (the blend, and
+    ``validation`` with the blend's logits and NLL). The blend is None with
     ``eval.ngram_blend`` off, for a multi-label run, when the training texts give no n-gram
-    model (no files then), or when the weight is 0 (the files record that choice)."""
+    model (no files then), or when the weight is 0 (the files record that choice); the
+    validation is then as given."""
     workdir = Path(run.workdir)
     if jax.process_index() == 0:
         blend_lib.remove(workdir)  # a blend of an earlier fit no longer applies
     if not run.cfg.eval.get("ngram_blend", False) or is_multi_label(run.cfg):
-        return None
+        return None, validation
     assert validation is not None, "eval.ngram_blend needs the validation outputs"
     start = time.perf_counter()
     train, val = validation.train, validation.table
@@ -167,8 +169,8 @@ def fit_blend(
     )  # fmt: skip
     if fitted is None:
         log.info("n-gram blend skipped: no n-gram occurs in two training texts; the network alone")
-        return None
-    blend, accuracy = fitted
+        return None, validation
+    blend, accuracy, logits = fitted
     record = {
         "checkpoint_step": step,
         "fitted_on": str(Path(train.path).absolute()),
@@ -185,16 +187,10 @@ def fit_blend(
         len(train.texts), time.perf_counter() - start, blend.weight, len(val.texts),
         accuracy["network"], accuracy["ngram"], accuracy["blend"], workdir / blend_lib.BLEND,
     )  # fmt: skip
-    return blend if blend.weight > 0 else None
-
-
-def blended(validation: Validation, blend: blend_lib.Blend | None) -> Validation:
-    """``validation`` with the blend mixed into its logits (as is without one)."""
-    if blend is None:
-        return validation
-    logits = blend.logits(validation.raw["logits"], validation.table.texts)
+    if blend.weight == 0:
+        return None, validation
     nll = scoring.row_nll(logits, validation.dataset.row_labels).astype(np.float32)
-    return validation._replace(raw={**validation.raw, "logits": logits, "nll": nll})
+    return blend, validation._replace(raw={**validation.raw, "logits": logits, "nll": nll})
 
 
 def fit_calibration(
@@ -345,8 +341,7 @@ def evaluate_after_training(
     # One pass over validation serves the blend, the temperature and the thresholds.
     uses_validation = saved.eval.calibrate or blends or is_multi_label(saved)
     validation = validation_outputs(run, score) if uses_validation else None
-    blend = fit_blend(run, step, validation)
-    validation = blended(validation, blend) if validation else None
+    blend, validation = fit_blend(run, step, validation)
     temperature = fit_calibration(run, step, score, validation)
     # Tuned afresh: on the probabilities of the temperature just fitted.
     thresholds = thresholds_for(run, step, score, temperature, retune=True, validation=validation)

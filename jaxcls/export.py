@@ -131,12 +131,12 @@ def export(workdir: Path, ckpt: str, fmt: str, out: Path, dtype: str | None = No
         thresholds = calibration.uncalibrated_thresholds(thresholds, temperature).tolist()
     write(run, fmt, out, dtype, thresholds)
     log.info("exported %s step %d as %s to %s", workdir, step, fmt, out)
-    blend = blend_lib.load(Path(workdir), step)
-    if blend is not None:
+    weight = blend_lib.read_weight(Path(workdir), step)
+    if weight is not None:
         log.warning(
             "the export is the network alone: the run's predictions (eval.py, predict.py) also "
             "mix in its n-gram model at weight %.2f (%s), which has no Hugging Face form",
-            blend.weight, Path(workdir) / blend_lib.BLEND,
+            weight, Path(workdir) / blend_lib.BLEND,
         )  # fmt: skip
     return Path(out)
 

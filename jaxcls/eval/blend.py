@@ -71,15 +71,17 @@ def fit(
     val_labels: np.ndarray,
     val_logits: np.ndarray,
     seed: int = 0,
-) -> tuple[Blend, dict[str, float]] | None:
+) -> tuple[Blend, dict[str, float], np.ndarray] | None:
     """Fit the n-gram model on the training texts and choose its weight on validation, where
     the network gave ``val_logits`` [n, C]: (the blend, validation accuracies as
-    ``choose_weight``); None when there is no n-gram model to fit (``ngram.fit``)."""
+    ``choose_weight``, the blend's validation logits); None when there is no n-gram model to
+    fit (``ngram.fit``)."""
     model = ngram.fit(texts, labels, val_texts, val_labels, val_logits.shape[1], seed)
     if model is None:
         return None
-    weight, accuracies = choose_weight(val_logits, model.log_proba(val_texts), val_labels)
-    return Blend(model, weight), accuracies
+    val_log_proba = model.log_proba(val_texts)
+    weight, accuracies = choose_weight(val_logits, val_log_proba, val_labels)
+    return Blend(model, weight), accuracies, mix(val_logits, val_log_proba, weight)
 
 
 def save(workdir: Path, blend: Blend, record: dict[str, Any]) -> None:
@@ -98,6 +100,13 @@ def remove(workdir: Path) -> None:
 def load(workdir: Path, step: int | None) -> Blend | None:
     """The run's blend for checkpoint ``step``; None when it has none, its weight is 0, or it
     was chosen for another checkpoint (logged: the network alone then)."""
+    weight = read_weight(workdir, step)
+    return None if weight is None else Blend(ngram.load(Path(workdir) / NGRAM), weight)
+
+
+def read_weight(workdir: Path, step: int | None) -> float | None:
+    """The weight of the run's blend for checkpoint ``step`` (blend.json alone), None where
+    ``load`` gives None."""
     path = Path(workdir) / BLEND
     if step is None or not path.is_file():
         return None
@@ -117,6 +126,4 @@ def load(workdir: Path, step: int | None) -> Blend | None:
             "predicts", path, chosen_for, step,
         )  # fmt: skip
         return None
-    if weight == 0.0:
-        return None
-    return Blend(ngram.load(Path(workdir) / NGRAM), weight)
+    return None if weight == 0.0 else weight
